@@ -1,0 +1,59 @@
+"""Start OneGPU Studio: flags -> Settings -> Studio -> build_app() -> launch().
+
+    python launch.py [--port 7860] [--home DIR] [--vram-budget 12GiB] [--profile small|full]
+                     [--offline] [--share] [--auth user:pass | --auth-file FILE]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def main(argv: list[str]) -> int:
+    from studio.config import settings_from_args
+
+    settings = settings_from_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if settings.offline:
+        os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", YOLO_OFFLINE="1")
+
+    from studio.app import build_app, launch_kwargs
+    from studio.context import build_studio
+    from studio.profiles import profile_models
+    from studio.weights import ensure_small_weights
+
+    studio = build_studio(settings)
+    if studio.profile == "small":
+        missing = ensure_small_weights(offline=settings.offline)
+        if missing:
+            print(f"Note: small-profile weights not installed: {', '.join(missing)}; "
+                  "tabs that need them will say so.")
+        studio.choices = profile_models("small")  # paths of what was just installed
+    print(f"OneGPU Studio · {studio.device_summary()} · home {settings.home}", flush=True)
+    if settings.generated_password:
+        user, password = settings.auth[0]
+        print(f"\n  Sharing is on and no --auth was given, so a password was generated:\n"
+              f"    user: {user}\n    password: {password}\n", flush=True)
+
+    app = build_app(studio)
+    app.queue(default_concurrency_limit=4)
+    try:
+        app.launch(share=settings.share, prevent_thread_lock=True, **launch_kwargs(studio))
+        if settings.share and not app.share_url:
+            print("\n  No public link could be opened (no internet, or the share service is "
+                  f"unreachable). The studio keeps serving locally at {app.local_url}\n",
+                  flush=True)
+        app.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        studio.close()
+        app.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,154 @@
+"""build_app(studio) -> gr.Blocks: header, one tab per project, and the status area."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio.config import format_bytes
+from studio.ui import views
+
+log = logging.getLogger("studio.app")
+
+# In the order they appear. A tab whose package is not there yet is left out.
+TAB_MODULES = [
+    "tabs.chat",
+    "tabs.rag",
+    "tabs.qlora",
+    "tabs.yolo",
+    "tabs.sd",
+    "tabs.whisper",
+    "tabs.vlm",
+    "tabs.tinygpt",
+]
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def available_tabs(modules: list[str] | None = None) -> list[Any]:
+    """Import each tab package that exists; a broken tab is logged, not fatal to the app."""
+    found = []
+    for name in modules or TAB_MODULES:
+        try:
+            found.append(importlib.import_module(name))
+        except ModuleNotFoundError as e:
+            if e.name is not None and (e.name == name or name.startswith(e.name + ".")
+                                       or e.name.startswith(name)):
+                continue  # not built yet
+            log.exception("tab %s failed to import", name)
+        except Exception:
+            log.exception("tab %s failed to import", name)
+    return found
+
+
+def status_snapshot(studio: Any) -> dict[str, Any]:
+    """What the status area shows, as plain data (also served as `studio_status`)."""
+    m = studio.models
+    return {
+        "device": studio.device_summary(),
+        "budget": m.budget,
+        "used": m.used(),
+        "allocated": studio.probe.allocated(),
+        "ledger": [
+            {"key": r.key, "title": r.title, "state": r.state, "bytes": r.size,
+             "pinned": r.pinned}
+            for r in m.loaded()
+        ],
+        "queue": [{"id": v.id, "title": v.title, "status": v.status, "note": v.note}
+                  for v in studio.jobs.queue()],
+        "history": m.history[-8:],
+    }
+
+
+def _budget_line(studio: Any) -> str:
+    m = studio.models
+    used = m.used()
+    pct = 100 * used / m.budget if m.budget else 0
+    return (f"**Device:** {studio.device_summary()}  \n"
+            f"**In use:** {format_bytes(used)} of {format_bytes(m.budget)} ({pct:.0f}%)")
+
+
+def build_status(studio: Any) -> None:
+    """The status area under every tab: device, budget, VRAM ledger, job queue."""
+    with gr.Accordion("GPU memory and jobs", open=False, elem_id="studio-status"):
+        budget = gr.Markdown(_budget_line(studio), elem_id="studio-budget")
+        ledger = gr.Dataframe(
+            headers=["key", "model", "where", "size", "state", "last used"],
+            value=views.ledger_rows(studio.models.loaded()), interactive=False,
+            label="VRAM ledger",
+        )
+        with gr.Row():
+            unload_key = gr.Dropdown(label="Model", choices=[], scale=3,
+                                     allow_custom_value=True)
+            unload_btn = gr.Button("Unload", scale=1)
+            free_btn = gr.Button("Free all", variant="stop", scale=1)
+        result = gr.Markdown("")
+        queue = gr.Dataframe(headers=["run", "title", "status", "progress", "ETA", "note"],
+                             value=views.queue_rows(studio.jobs.queue()), interactive=False,
+                             label="Job queue")
+        history = gr.Textbox(label="Model manager decisions", lines=3, interactive=False)
+
+    def refresh():
+        rows = studio.models.loaded()
+        keys = [r.key for r in rows if r.state != "reserved"]
+        return (_budget_line(studio), views.ledger_rows(rows),
+                gr.update(choices=keys), views.queue_rows(studio.jobs.queue()),
+                "\n".join(studio.models.history[-6:]))
+
+    def unload(key: str | None):
+        if not key:
+            raise gr.Error("Pick a model to unload.")
+        if not studio.models.evict(key):
+            raise gr.Error(f"{key} is in use by a running request; try again when it finishes.")
+        return f"Unloaded {key}."
+
+    def free_all():
+        before, after, kept = studio.models.evict_all()
+        msg = f"Freed: allocated {format_bytes(before)} → {format_bytes(after)}."
+        if kept:
+            msg += f" Still in use (not unloaded): {', '.join(kept)}."
+        return msg
+
+    outs = [budget, ledger, unload_key, queue, history]
+    gr.Timer(2.0).tick(refresh, outputs=outs, api_visibility="private", queue=False,
+                       show_progress="hidden")
+    unload_btn.click(unload, inputs=[unload_key], outputs=[result], api_name="studio_unload")
+    free_btn.click(free_all, outputs=[result], api_name="studio_free_all")
+    status_json = gr.JSON(visible=False)
+    gr.Button("status", visible=False).click(lambda: status_snapshot(studio), outputs=[status_json],
+                                             api_name="studio_status")
+
+
+def build_app(studio: Any, tab_modules: list[str] | None = None) -> gr.Blocks:
+    with gr.Blocks(title="OneGPU Studio") as app:
+        gr.Markdown(f"# OneGPU Studio\n{studio.device_summary()}", elem_id="studio-header")
+        tabs = available_tabs(tab_modules)
+        if not tabs:
+            gr.Markdown("No tabs are installed.")
+        for mod in tabs:
+            with gr.Tab(mod.TITLE):
+                try:
+                    mod.build_ui(studio)
+                except Exception as e:  # one broken tab must not take the studio down
+                    log.exception("tab %s failed to build", mod.__name__)
+                    gr.Markdown(f"⚠️ This tab failed to start: `{e}`")
+        build_status(studio)
+    return app
+
+
+def launch_kwargs(studio: Any) -> dict[str, Any]:
+    s = studio.settings
+    css_path = ASSETS / "studio.css"
+    return {
+        "server_name": s.host,
+        "server_port": s.port,
+        "auth": s.auth or None,
+        "auth_message": "OneGPU Studio: sign in" if s.auth else None,
+        "allowed_paths": [str(s.home)],
+        "css_paths": [str(css_path)] if css_path.exists() else None,
+        "footer_links": ["api", "settings"],
+    }

@@ -1,0 +1,450 @@
+"""The model manager: one owner for the GPU's memory.
+
+Models are loaded by key, measured (allocated bytes before and after the load), pinned while a
+request uses them, and evicted least-recently-used first when a new one needs room. Evicted
+models may be parked in CPU RAM (the warm tier) so that coming back is a copy, not a disk load.
+Training jobs take a `reserve` of bytes, which evicts idle models the same way.
+
+Invariant, checked by the tests after every call: resident bytes + reservations <= budget.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from studio.config import format_bytes
+from studio.devices import MemoryProbe, is_oom, tensor_bytes
+
+log = logging.getLogger("studio.models")
+
+
+class BudgetExceeded(RuntimeError):
+    """A model or reservation cannot fit, even after evicting every idle model."""
+
+
+def torch_offload(obj: Any) -> Any:
+    """Warm-tier default for torch modules: move the weights to CPU RAM."""
+    return obj.to("cpu")
+
+
+def torch_restore(obj: Any, device: str) -> Any:
+    return obj.to(device)
+
+
+@dataclass
+class ModelSpec:
+    """How to load one model. ``load(device)`` returns the object callers will use."""
+
+    key: str
+    load: Callable[[str], Any]
+    title: str = ""
+    estimate: int = 0  # bytes, a hint used to make room before the first load only
+    reserve: int = 0  # activation memory to keep free while the model is in use
+    offload: Callable[[Any], Any] | None = None  # to CPU RAM for the warm tier
+    restore: Callable[[Any, str], Any] | None = None  # back to the device
+    unload: Callable[[Any], None] | None = None  # extra cleanup (close files, threads)
+
+
+@dataclass
+class _Entry:
+    spec: ModelSpec
+    obj: Any
+    size: int  # measured bytes on the device
+    state: str  # "resident" | "warm"
+    last_used: float
+    pins: int = 0
+    load_seconds: float = 0.0
+    loads: int = 0  # cold loads from disk
+    restores: int = 0  # warm-tier restores
+
+
+@dataclass
+class Reservation:
+    """Bytes held for a training job; release() (or leaving the ``with``) gives them back."""
+
+    owner: str
+    nbytes: int
+    _manager: ModelManager | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        if self._manager is not None:
+            self._manager._release(self)
+            self._manager = None
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@dataclass
+class LedgerRow:
+    key: str
+    title: str
+    state: str  # resident / warm (CPU RAM) / reserved
+    size: int
+    pinned: bool
+    last_used: float
+
+
+class ModelManager:
+    """Loads, pins and evicts models so the device stays inside ``budget`` bytes."""
+
+    def __init__(
+        self,
+        budget: int,
+        probe: MemoryProbe,
+        warm_bytes: int = 0,
+        wait_seconds: float = 120.0,
+        driver_margin: int = 256 * 1024**2,
+    ):
+        self.budget = int(budget)
+        self.probe = probe
+        self.warm_bytes = int(warm_bytes)
+        self.wait_seconds = wait_seconds
+        self.driver_margin = driver_margin if probe.device == "cuda" else 0
+        self._specs: dict[str, ModelSpec] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._reservations: list[Reservation] = []
+        self._cond = threading.Condition(threading.RLock())
+        self.load_counts: dict[str, int] = {}  # cold loads from disk per key
+        self.history: list[str] = []  # decisions, newest last, shown in the UI
+        self.leaks: list[str] = []
+
+    # ----- registry -------------------------------------------------------------------------
+    def register(self, spec: ModelSpec, replace: bool = False) -> None:
+        with self._cond:
+            if spec.key in self._specs and not replace:
+                if self._specs[spec.key] is spec:
+                    return
+                raise ValueError(f"model key already registered: {spec.key}")
+            if replace and spec.key in self._entries:
+                self._drop(spec.key, reason="replaced")
+            self._specs[spec.key] = spec
+
+    def is_registered(self, key: str) -> bool:
+        return key in self._specs
+
+    # ----- accounting -----------------------------------------------------------------------
+    def used(self) -> int:
+        """Resident model bytes plus reservations: what the budget is checked against."""
+        with self._cond:
+            resident = sum(e.size for e in self._entries.values() if e.state == "resident")
+            return resident + sum(r.nbytes for r in self._reservations)
+
+    def _warm_used(self) -> int:
+        return sum(e.size for e in self._entries.values() if e.state == "warm")
+
+    def _pinned_reserve(self) -> int:
+        return sum(e.spec.reserve for e in self._entries.values() if e.pins > 0)
+
+    def _note(self, msg: str) -> None:
+        log.info(msg)
+        self.history.append(time.strftime("%H:%M:%S ") + msg)
+        del self.history[:-50]
+
+    def holders(self) -> str:
+        """Plain words for what holds the memory, for error messages."""
+        parts = []
+        for e in sorted(self._entries.values(), key=lambda e: -e.size):
+            if e.state == "resident":
+                how = "in use" if e.pins else "idle"
+                parts.append(f"{e.spec.title or e.spec.key} {format_bytes(e.size)} ({how})")
+        for r in self._reservations:
+            parts.append(f"job {r.owner} {format_bytes(r.nbytes)} (reserved)")
+        return ", ".join(parts) or "nothing the studio loaded"
+
+    # ----- eviction -------------------------------------------------------------------------
+    def _lru_victim(self, exclude: str | None = None) -> str | None:
+        idle = [
+            e for k, e in self._entries.items()
+            if e.state == "resident" and e.pins == 0 and k != exclude
+        ]
+        if not idle:
+            return None
+        return min(idle, key=lambda e: e.last_used).spec.key
+
+    def _fits(self, need: int) -> bool:
+        if self.used() + self._pinned_reserve() + need > self.budget:
+            return False
+        free = self.probe.driver_free()
+        return free is None or free - self.driver_margin >= need
+
+    def _make_room(self, need: int, for_what: str, exclude: str | None = None) -> None:
+        """Evict idle models, oldest use first, until `need` bytes fit. Raises if they can't."""
+        if need > self.budget:
+            raise BudgetExceeded(
+                f"{for_what} needs {format_bytes(need)} but the whole VRAM budget is "
+                f"{format_bytes(self.budget)}. Choose a smaller model or quantization, or raise "
+                "--vram-budget if the card has more."
+            )
+        idle = sum(e.size for k, e in self._entries.items()
+                   if e.state == "resident" and e.pins == 0 and k != exclude)
+        free = self.probe.driver_free()
+        could_fit = (self.used() - idle + self._pinned_reserve() + need <= self.budget and
+                     (free is None or free + idle - self.driver_margin >= need))
+        while not self._fits(need):
+            victim = self._lru_victim(exclude) if could_fit else None
+            if victim is None:
+                # Evict nothing when even evicting everything idle would not be enough.
+                raise BudgetExceeded(
+                    f"Not enough GPU memory for {for_what} ({format_bytes(need)} needed, "
+                    f"{format_bytes(self.budget - self.used())} of the "
+                    f"{format_bytes(self.budget)} budget free). Held by: {self.holders()}. "
+                    "Models in use are unloaded when their request ends; a training job keeps "
+                    "its share until it finishes."
+                )
+            self._evict_one(victim, reason=f"to make room for {for_what}")
+
+    def _evict_one(self, key: str, reason: str) -> None:
+        e = self._entries[key]
+        spec = e.spec
+        if spec.offload and self.warm_bytes > 0 and e.size <= self.warm_bytes:
+            while self._warm_used() + e.size > self.warm_bytes:
+                oldest = min(
+                    (x for x in self._entries.values() if x.state == "warm"),
+                    key=lambda x: x.last_used,
+                )
+                self._drop(oldest.spec.key, reason="warm tier full")
+            try:
+                e.obj = spec.offload(e.obj)
+                e.state = "warm"
+                self.probe.release_cache()
+                self._note(f"parked {key} ({format_bytes(e.size)}) in CPU RAM {reason}")
+                return
+            except Exception as exc:  # a format that can't move: drop it instead
+                log.warning("warm tier failed for %s: %s", key, exc)
+        self._drop(key, reason=reason)
+
+    def _drop(self, key: str, reason: str) -> None:
+        e = self._entries.pop(key)
+        obj, e.obj = e.obj, None
+        try:
+            ref = weakref.ref(obj)
+        except TypeError:
+            ref = None
+        if e.spec.unload:
+            try:
+                e.spec.unload(obj)
+            except Exception as exc:
+                log.warning("unload hook for %s failed: %s", key, exc)
+        del obj
+        if ref is not None and ref() is not None:
+            gc.collect()  # only cycles are left to find; plain references died with `del`
+        self.probe.release_cache()
+        if ref is not None and ref() is not None:
+            msg = f"leak: {key} is still referenced after eviction; its memory may not be freed"
+            self.leaks.append(msg)
+            log.warning(msg)
+        self._note(f"unloaded {key} ({format_bytes(e.size)}) {reason}")
+
+    # ----- loading --------------------------------------------------------------------------
+    def _measure_load(self, fn: Callable[[], Any]) -> tuple[Any, int, float]:
+        before = self.probe.allocated()
+        t0 = time.perf_counter()
+        obj = fn()
+        seconds = time.perf_counter() - t0
+        after = self.probe.allocated()
+        counted = tensor_bytes(obj) if self.probe.device != "cuda" or before is None else 0
+        delta = (after - before) if before is not None and after is not None else 0
+        # The allocator delta is the truth on a GPU; a concurrent request can only inflate it,
+        # which errs on the safe side. Where nothing counts allocations, count the tensors.
+        return obj, max(delta, counted, 0), seconds
+
+    def _ensure_resident(self, key: str) -> _Entry:
+        spec = self._specs.get(key)
+        if spec is None:
+            raise KeyError(f"unknown model: {key}")
+        e = self._entries.get(key)
+        if e is not None and e.state == "resident":
+            return e
+        title = spec.title or key
+        if e is not None and e.state == "warm" and spec.restore is not None:
+            self._make_room(e.size + spec.reserve, title, exclude=key)
+            obj, size, secs = self._measure_load(lambda: spec.restore(e.obj, self.probe.device))
+            e.obj, e.state, e.restores = obj, "resident", e.restores + 1
+            e.size = max(size, e.size) if size else e.size
+            e.load_seconds = secs
+            self._note(f"restored {key} from CPU RAM in {secs:.2f} s")
+        else:
+            if e is not None:  # warm but cannot be restored: load from disk
+                self._drop(key, reason="reload")
+            need = (spec.estimate or 0) + spec.reserve
+            self._make_room(need, title)
+            obj, size, secs = self._measure_load(lambda: spec.load(self.probe.device))
+            e = _Entry(spec=spec, obj=obj, size=size, state="resident",
+                       last_used=time.monotonic(), load_seconds=secs, loads=1)
+            self.load_counts[key] = self.load_counts.get(key, 0) + 1
+            self._entries[key] = e
+            self._note(f"loaded {key}: {format_bytes(size)} in {secs:.2f} s")
+        # The estimate may have been low: evict others until the measured size fits.
+        if self.used() + self._pinned_reserve() > self.budget:
+            try:
+                while self.used() + self._pinned_reserve() > self.budget:
+                    victim = self._lru_victim(exclude=key)
+                    if victim is None:
+                        raise BudgetExceeded(
+                            f"{title} measured {format_bytes(e.size)}, more than fits in the "
+                            f"{format_bytes(self.budget)} budget next to: {self.holders()}"
+                        )
+                    self._evict_one(victim, reason=f"to make room for {title}")
+            except BudgetExceeded:
+                self._drop(key, reason="did not fit")
+                raise
+        return e
+
+    def _load_with_retry(self, key: str) -> _Entry:
+        try:
+            return self._ensure_resident(key)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            self._note(f"out of memory loading {key}; evicting idle models and retrying once")
+            self._evict_idle(exclude=key)
+            try:
+                return self._ensure_resident(key)
+            except Exception as exc2:
+                if is_oom(exc2):
+                    raise BudgetExceeded(
+                        f"Out of GPU memory loading {self._specs[key].title or key}. "
+                        f"Held by: {self.holders()}."
+                    ) from exc2
+                raise
+
+    def _evict_idle(self, exclude: str | None = None) -> None:
+        while (victim := self._lru_victim(exclude)) is not None:
+            self._evict_one(victim, reason="after out of memory")
+        self.probe.release_cache()
+
+    @contextmanager
+    def use(self, key: str, wait: float | None = None) -> Iterator[Any]:
+        """Load (or reuse) a model and pin it while the ``with`` block runs.
+
+        If the memory is held by models in use elsewhere, wait up to `wait` seconds for them
+        to be released before raising `BudgetExceeded`.
+        """
+        deadline = time.monotonic() + (self.wait_seconds if wait is None else wait)
+        with self._cond:
+            while True:
+                try:
+                    e = self._load_with_retry(key)
+                    break
+                except BudgetExceeded:
+                    remaining = deadline - time.monotonic()
+                    blocked_by_pins = any(
+                        x.pins for k, x in self._entries.items() if k != key
+                    ) or bool(self._reservations)
+                    if remaining <= 0 or not blocked_by_pins:
+                        raise
+                    self._cond.wait(timeout=min(remaining, 1.0))
+            e.pins += 1
+            e.last_used = time.monotonic()
+        try:
+            yield e.obj
+        finally:
+            with self._cond:
+                e.pins -= 1
+                e.last_used = time.monotonic()
+                self._cond.notify_all()
+
+    def get_loaded(self, key: str) -> Any | None:
+        """The object if resident, without loading or pinning (for status displays)."""
+        e = self._entries.get(key)
+        return e.obj if e is not None and e.state == "resident" else None
+
+    def call_with_oom_retry(self, key: str, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(model)`` pinned; on CUDA OOM evict idle models and retry once."""
+        for attempt in (1, 2):
+            try:
+                with self.use(key) as obj:
+                    return fn(obj)
+            except Exception as exc:
+                if not is_oom(exc) or isinstance(exc, BudgetExceeded):
+                    raise
+                with self._cond:
+                    if attempt == 2:
+                        raise BudgetExceeded(
+                            f"Out of GPU memory while running {self._specs[key].title or key}. "
+                            f"Held by: {self.holders()}. Try a shorter input or smaller batch."
+                        ) from exc
+                    self._note(f"out of memory in {key}; evicting idle models and retrying once")
+                    self._evict_idle(exclude=key)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ----- explicit control -----------------------------------------------------------------
+    def evict(self, key: str) -> bool:
+        """Unload a model now (warm copy included). Refuses a pinned one (returns False)."""
+        with self._cond:
+            e = self._entries.get(key)
+            if e is None:
+                return True
+            if e.pins:
+                return False
+            self._drop(key, reason="on request")
+            self._cond.notify_all()
+            return True
+
+    def evict_all(self) -> tuple[int | None, int | None, list[str]]:
+        """Unload every idle model. Returns (allocated before, after, keys still pinned)."""
+        with self._cond:
+            before = self.probe.allocated()
+            kept = []
+            for key in list(self._entries):
+                if self._entries[key].pins:
+                    kept.append(key)
+                else:
+                    self._drop(key, reason="by Free all")
+            self.probe.release_cache()
+            after = self.probe.allocated()
+            self._cond.notify_all()
+            return before, after, kept
+
+    def reserve(self, nbytes: int, owner: str, evict: bool = True) -> Reservation:
+        """Hold `nbytes` for a training job, evicting idle models to make room."""
+        with self._cond:
+            if evict:
+                self._make_room(int(nbytes), f"job {owner}")
+            elif not self._fits(int(nbytes)):
+                raise BudgetExceeded(f"job {owner} needs {format_bytes(nbytes)}; "
+                                     f"held by: {self.holders()}")
+            r = Reservation(owner=owner, nbytes=int(nbytes), _manager=self)
+            self._reservations.append(r)
+            self._note(f"reserved {format_bytes(nbytes)} for job {owner}")
+            return r
+
+    def _release(self, r: Reservation) -> None:
+        with self._cond:
+            if r in self._reservations:
+                self._reservations.remove(r)
+                self._note(f"released {format_bytes(r.nbytes)} of job {r.owner}")
+            self._cond.notify_all()
+
+    def loaded(self) -> list[LedgerRow]:
+        """The ledger: every resident or warm model and every reservation."""
+        with self._cond:
+            rows = [
+                LedgerRow(e.spec.key, e.spec.title or e.spec.key,
+                          "resident" if e.state == "resident" else "warm (CPU RAM)",
+                          e.size, e.pins > 0, e.last_used)
+                for e in self._entries.values()
+            ]
+            rows += [LedgerRow(f"job:{r.owner}", f"training job {r.owner}", "reserved",
+                               r.nbytes, True, 0.0) for r in self._reservations]
+            return rows
+
+    def stats(self, key: str) -> dict[str, Any]:
+        """Load counters for one model (tests and benchmarks)."""
+        e = self._entries.get(key)
+        if e is None:
+            return {"state": "absent"}
+        return {"state": e.state, "size": e.size, "loads": e.loads, "restores": e.restores,
+                "load_seconds": e.load_seconds, "pins": e.pins}

@@ -1,0 +1,99 @@
+"""Shared Gradio builders: the job panel every training tab reuses, and the status bar parts.
+
+Formatting of runs and ledgers lives in `studio.ui.views` (no Gradio) so it is tested on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from studio.ui import views
+
+
+@dataclass
+class JobPanel:
+    """Handles to the components of one job panel."""
+
+    kind: str
+    run_picker: gr.Dropdown
+    status: gr.Markdown
+    progress: gr.HTML
+    plot: gr.LinePlot
+    log: gr.Textbox
+    files: gr.File
+    cancel: gr.Button
+    resume: gr.Button
+
+    def select(self, run_id: str, studio: Any = None) -> Any:
+        """The update a tab's Start handler returns for `run_picker` after submitting a run."""
+        choices = views.run_choices(studio.jobs.list_runs(self.kind)) if studio else None
+        if choices is None:
+            return gr.update(value=run_id)
+        return gr.update(choices=choices, value=run_id)
+
+
+def job_panel(studio: Any, kind: str, plot_keys: tuple[str, ...] = ("train_loss", "val_loss"),
+              refresh_seconds: float = 1.0) -> JobPanel:
+    """Run picker, status, progress with ETA, live metrics plot, log tail, artifacts, Cancel and
+    Resume, for the runs of one `kind`. Refreshes itself with a gr.Timer while visible."""
+
+    def choices():
+        return views.run_choices(studio.jobs.list_runs(kind))
+
+    with gr.Group():
+        with gr.Row():
+            picker = gr.Dropdown(label="Run", choices=choices(), value=None, scale=4,
+                                 allow_custom_value=False)
+            cancel = gr.Button("Cancel", variant="stop", scale=1)
+            resume = gr.Button("Resume", scale=1)
+        status = gr.Markdown("No run selected.")
+        progress = gr.HTML(views.progress_html(None))
+        plot = gr.LinePlot(x="step", y="value", color="series", title="Metrics", height=260,
+                           label="Metrics")
+        log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=14, autoscroll=True,
+                         interactive=False)
+        files = gr.File(label="Outputs", file_count="multiple", interactive=False)
+    timer = gr.Timer(refresh_seconds)
+
+    def refresh(run_id: str | None):
+        if not run_id:
+            return "No run selected.", views.progress_html(None), None, "", None
+        try:
+            v = studio.jobs.view(run_id)
+        except KeyError:
+            return f"Run {run_id} no longer exists.", views.progress_html(None), None, "", None
+        return (views.run_markdown(v), views.progress_html(v),
+                views.metrics_frame(v, plot_keys), v.log_tail,
+                [a["path"] for a in v.artifacts if a["kind"] != "checkpoint"] or None)
+
+    outputs = [status, progress, plot, log, files]
+    timer.tick(refresh, inputs=[picker], outputs=outputs, api_visibility="private",
+               show_progress="hidden", queue=False)
+    picker.change(refresh, inputs=[picker], outputs=outputs, api_name=f"{kind}_job_view")
+    picker.focus(lambda: gr.update(choices=choices()), outputs=[picker],
+                 api_visibility="private", queue=False)
+
+    def do_cancel(run_id: str | None):
+        if not run_id:
+            raise gr.Error("Pick a run to cancel.")
+        state = studio.jobs.cancel(run_id)
+        gr.Info(f"Run {run_id}: {state}")
+        return refresh(run_id)
+
+    def do_resume(run_id: str | None):
+        if not run_id:
+            raise gr.Error("Pick a run to resume.")
+        try:
+            studio.jobs.resume(run_id)
+        except (ValueError, KeyError) as e:
+            raise gr.Error(str(e)) from None
+        gr.Info(f"Run {run_id} queued to resume from its last checkpoint.")
+        return refresh(run_id)
+
+    cancel.click(do_cancel, inputs=[picker], outputs=outputs, api_name=f"{kind}_cancel")
+    resume.click(do_resume, inputs=[picker], outputs=outputs, api_name=f"{kind}_resume")
+    return JobPanel(kind=kind, run_picker=picker, status=status, progress=progress, plot=plot,
+                    log=log, files=files, cancel=cancel, resume=resume)

@@ -1,0 +1,72 @@
+"""``python -m studio.worker RUN_DIR``: run one job in this process and report through events.
+
+The job is the function named by ``entry`` in ``run.json``, called as ``run(config, report)``.
+SIGTERM sets ``report.should_stop()``; the job saves what it has and returns.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import random
+import sys
+import traceback
+from pathlib import Path
+
+from studio.reporting import Reporter
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m studio.worker RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0]).resolve()
+    meta = json.loads((run_dir / "run.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    report = Reporter(run_dir, resume=meta.get("attempts", 1) > 1, install_signal=True)
+    report.status("running", pid=os.getpid(), attempt=meta.get("attempts", 1))
+    report.log(f"attempt {meta.get('attempts', 1)} of run {meta['id']} ({meta['entry']})")
+    if meta.get("seed") is not None:
+        seed_everything(int(meta["seed"]))
+    try:
+        module_name, _, func_name = meta["entry"].partition(":")
+        fn = getattr(importlib.import_module(module_name), func_name)
+        fn(config, report)
+    except BaseException as e:  # noqa: BLE001 - every failure must reach the events file
+        tb = traceback.format_exc()
+        report.log(tb)
+        msg = f"{type(e).__name__}: {e}"
+        report.status("failed", error=msg[:2000])
+        report.close()
+        print(tb, file=sys.stderr)
+        return 1
+    if report.should_stop():
+        report.status("cancelled")
+        report.log("stopped on request; saved what existed")
+    else:
+        report.status("succeeded")
+        report.log("finished")
+    report.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,68 @@
+"""Test set-up: offline everywhere, before any heavy import; shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+
+# Set before torch/transformers/gradio/ultralytics are imported anywhere.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "studio-yolo-cfg"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # chromadb
+
+import pytest  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def studio(tmp_path):
+    """A Studio on a fresh home folder, CPU probe, small profile, job scheduler running."""
+    from studio.config import Settings
+    from studio.context import build_studio
+
+    s = build_studio(Settings(home=tmp_path / "home", profile="small"))
+    yield s
+    s.close()
+
+
+def launch_studio(home, tab_modules=None, port=None):
+    """Build and launch the real app on loopback; returns (studio, app, url)."""
+    from studio.app import build_app, launch_kwargs
+    from studio.config import Settings
+    from studio.context import build_studio
+
+    s = build_studio(Settings(home=home, profile="small", port=port or free_port()))
+    app = build_app(s, tab_modules=tab_modules)
+    app.queue()
+    kw = launch_kwargs(s)
+    app.launch(prevent_thread_lock=True, quiet=True, **kw)
+    return s, app, app.local_url
+
+
+def stop_studio(s, app):
+    app.close()
+    s.close()
+    time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory):
+    """A launched studio (all tabs) and a gradio_client Client connected to it."""
+    from gradio_client import Client
+
+    s, app, url = launch_studio(tmp_path_factory.mktemp("apphome"))
+    client = Client(url, verbose=False)
+    yield client, s
+    stop_studio(s, app)
