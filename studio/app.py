@@ -32,9 +32,13 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 def available_tabs(modules: list[str] | None = None) -> list[Any]:
     """Import each tab package that exists; a broken tab is logged, not fatal to the app."""
     found = []
-    for name in modules or TAB_MODULES:
+    for name in TAB_MODULES if modules is None else modules:
         try:
-            found.append(importlib.import_module(name))
+            mod = importlib.import_module(name)
+            if not hasattr(mod, "TITLE") or not callable(getattr(mod, "build_ui", None)):
+                log.warning("tab %s has no TITLE/build_ui yet; left out", name)
+                continue
+            found.append(mod)
         except ModuleNotFoundError as e:
             if e.name is not None and (e.name == name or name.startswith(e.name + ".")
                                        or e.name.startswith(name)):

@@ -46,7 +46,7 @@ def job_panel(studio: Any, kind: str, plot_keys: tuple[str, ...] = ("train_loss"
     with gr.Group():
         with gr.Row():
             picker = gr.Dropdown(label="Run", choices=choices(), value=None, scale=4,
-                                 allow_custom_value=False)
+                                 allow_custom_value=True)  # scripts pass run ids
             cancel = gr.Button("Cancel", variant="stop", scale=1)
             resume = gr.Button("Resume", scale=1)
         status = gr.Markdown("No run selected.")
