@@ -111,8 +111,13 @@ def build_status(studio: Any) -> None:
         return f"Unloaded {key}."
 
     def free_all():
+        used_before = studio.models.used()
         before, after, kept = studio.models.evict_all()
-        msg = f"Freed: allocated {format_bytes(before)} → {format_bytes(after)}."
+        msg = (f"Freed: models {format_bytes(used_before)} → "
+               f"{format_bytes(studio.models.used())}")
+        if before is not None:
+            msg += f"; GPU allocated {format_bytes(before)} → {format_bytes(after)}"
+        msg += "."
         if kept:
             msg += f" Still in use (not unloaded): {', '.join(kept)}."
         return msg
@@ -142,6 +147,13 @@ def build_app(studio: Any, tab_modules: list[str] | None = None) -> gr.Blocks:
                     gr.Markdown(f"⚠️ This tab failed to start: `{e}`")
         build_status(studio)
     return app
+
+
+def public_api_names(app: gr.Blocks) -> list[str]:
+    """The api_names a script can call with gradio_client (listed in the README)."""
+    fns = app.fns.values() if isinstance(app.fns, dict) else app.fns
+    return sorted({f.api_name for f in fns
+                   if f.api_name and getattr(f, "api_visibility", "public") == "public"})
 
 
 def launch_kwargs(studio: Any) -> dict[str, Any]:

@@ -360,3 +360,30 @@ def test_unknown_key(probe):
     with pytest.raises(KeyError, match="unknown model"):
         with m.use("nope"):
             pass
+
+
+def test_pinned_swap_finds_every_device_tensor_once():
+    import torch
+
+    from studio.models import _tensor_slots
+
+    class QS:  # shaped like a bitsandbytes QuantState (nested)
+        def __init__(self, nested=None):
+            self.absmax, self.code, self.offset, self.state2 = (torch.ones(2), torch.ones(3),
+                                                                 None, nested)
+
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied weights are one tensor
+    lin = torch.nn.Linear(4, 4)
+    lin.weight.quant_state = QS(nested=QS())
+    bn = torch.nn.BatchNorm1d(4)
+    model = torch.nn.ModuleDict({"emb": emb, "head": head, "lin": lin, "bn": bn})
+    slots = _tensor_slots(model)
+    params = [h for h, _, is_param in slots if is_param]
+    assert len(params) == 5  # emb/head (once), lin.weight, lin.bias, bn.weight, bn.bias
+    qs_attrs = sorted(n for h, n, p in slots if isinstance(h, QS))
+    assert qs_attrs == ["absmax", "absmax", "code", "code"]  # outer and nested state, no None
+    assert sorted(n for h, n, p in slots if isinstance(h, dict)) == [
+        "num_batches_tracked", "running_mean", "running_var"]
+    assert len(_tensor_slots({"a": model, "b": model})) == len(slots)  # shared modules once
