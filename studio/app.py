@@ -78,8 +78,8 @@ def _budget_line(studio: Any) -> str:
 
 def build_status(studio: Any) -> None:
     """The status area under every tab: device, budget, VRAM ledger, job queue."""
+    budget = gr.Markdown(_budget_line(studio), elem_id="studio-budget")  # always visible
     with gr.Accordion("GPU memory and jobs", open=False, elem_id="studio-status"):
-        budget = gr.Markdown(_budget_line(studio), elem_id="studio-budget")
         ledger = gr.Dataframe(
             headers=["key", "model", "where", "size", "state", "last used"],
             value=views.ledger_rows(studio.models.loaded()), interactive=False,

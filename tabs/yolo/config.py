@@ -1,0 +1,97 @@
+"""TrainConfig: one typed config for a YOLO training job; the UI reads labels from the metadata."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# Families Ultralytics builds from a YAML (scratch) or downloads as COCO weights (.pt).
+MODEL_CHOICES = ["yolov8n.yaml", "yolov8s.yaml", "yolo11n.yaml", "yolo11s.yaml",
+                 "yolov8n.pt", "yolov8s.pt", "yolo11n.pt", "yolo11s.pt"]
+
+# Rough peak training memory per image at 640 px (measured orders of magnitude, fp16 AMP), plus
+# a fixed part for CUDA context and weights. Only the reservation hint for the job queue; the
+# auto-batch inside the job measures for real.
+_PER_IMAGE_640 = {"n": 160 << 20, "s": 280 << 20, "m": 520 << 20, "l": 800 << 20, "x": 1200 << 20}
+_FIXED = 900 << 20
+
+
+def _f(default: Any, label: str, help: str = "", **kw: Any) -> Any:
+    return field(default=default, metadata={"label": label, "help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved as the run's config.json."""
+
+    data: str = _f("", "data.yaml", "frozen copy of the dataset in the Ultralytics layout")
+    model: str = _f("yolov8n.yaml", "Model",
+                    "a YAML trains from scratch; a .pt name downloads COCO weights (online); a "
+                    "local .pt path fine-tunes your own checkpoint")
+    epochs: int = _f(50, "Epochs", minimum=1, maximum=1000)
+    imgsz: int = _f(640, "Image size", "training and export resolution (multiple of 32)",
+                    minimum=32, maximum=1920)
+    batch: int = _f(0, "Batch", "0 = auto: the largest batch that fits the VRAM budget")
+    patience: int = _f(20, "Patience", "stop early after this many epochs without improvement")
+    amp: bool = _f(True, "Mixed precision (AMP)", "GPU only; ignored on CPU")
+    mosaic: float = _f(1.0, "Mosaic", "probability of 4-image mosaic augmentation", minimum=0,
+                       maximum=1)
+    fliplr: float = _f(0.5, "Horizontal flip", minimum=0, maximum=1)
+    hsv: bool = _f(True, "Colour jitter (HSV)")
+    close_mosaic: int = _f(10, "Close mosaic", "last epochs trained without mosaic")
+    seed: int = _f(0, "Seed")
+    device: str = _f("auto", "Device", "auto, cpu or a CUDA index")
+    workers: int = _f(2, "Data loader workers")
+    vram_budget: int = _f(0, "VRAM budget (bytes)", "cap for this job on the GPU; 0 = no cap")
+    plots: bool = _f(True, "Plots", "PR curve, confusion matrix, sample predictions")
+    val_every_epoch: bool = _f(True, "Validate every epoch", "needed for live mAP")
+    offline: bool = _f(False, "Offline", "never download weights, fonts or AMP check models")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        cfg = cls(**d)
+        cfg.check()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self) -> None:
+        if not self.data:
+            raise ValueError("no dataset: pick a dataset with labelled train and val images")
+        if self.epochs < 1:
+            raise ValueError("epochs must be at least 1")
+        if self.imgsz < 32 or self.imgsz % 32:
+            raise ValueError("image size must be a multiple of 32 (e.g. 320, 640)")
+        if self.batch < 0:
+            raise ValueError("batch must be 0 (auto) or a positive number")
+
+    def scale(self) -> str:
+        """The model size letter (n/s/m/l/x) from names like yolov8s.yaml or yolo11n.pt."""
+        stem = self.model.rsplit("/", 1)[-1].split(".")[0]
+        return stem[-1] if stem and stem[-1] in _PER_IMAGE_640 else "n"
+
+    def vram_estimate(self) -> int:
+        """Bytes to reserve for this job on the GPU (0 on CPU)."""
+        if self.device == "cpu":
+            return 0
+        batch = self.batch or 16
+        return int(_FIXED + batch * _PER_IMAGE_640[self.scale()] * (self.imgsz / 640) ** 2)
+
+    def ultralytics_args(self) -> dict[str, Any]:
+        """Keyword arguments for ``YOLO.train`` (data, project and name are added by the job)."""
+        args: dict[str, Any] = {
+            "epochs": self.epochs, "imgsz": self.imgsz, "patience": self.patience,
+            "amp": self.amp, "mosaic": self.mosaic, "fliplr": self.fliplr,
+            "close_mosaic": min(self.close_mosaic, self.epochs), "seed": self.seed,
+            "workers": self.workers, "plots": self.plots, "val": self.val_every_epoch,
+        }
+        if not self.hsv:
+            args.update(hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
+        if self.batch:
+            args["batch"] = self.batch
+        return args

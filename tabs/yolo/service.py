@@ -1,0 +1,148 @@
+"""YoloService: what the tab does, as plain methods on the shared Studio (no Gradio here).
+
+It owns the dataset store, freezes a dataset into a content-addressed snapshot before a run
+(so the run can be reproduced while labelling goes on), submits training jobs, exports and
+benchmarks a finished run, and loads detectors through the shared model manager.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tabs.yolo.config import TrainConfig
+from tabs.yolo.dataset import Dataset, DatasetStore
+from tabs.yolo.detect import check_model_file, load_model, trained_models
+from tabs.yolo.export import BenchRow, benchmark, export_all
+from tabs.yolo.train import configure_ultralytics
+
+KIND = "yolo"
+
+
+def get_service(studio: Any) -> YoloService:
+    """The one YoloService of a Studio (kept in ``studio.extras``)."""
+    svc = studio.extras.get("yolo")
+    if svc is None:
+        svc = studio.extras["yolo"] = YoloService(studio)
+    return svc
+
+
+class YoloService:
+    def __init__(self, studio: Any):
+        self.studio = studio
+        self.home = Path(studio.settings.home) / "yolo"
+        configure_ultralytics(Path(studio.settings.cache_dir), bool(studio.settings.offline))
+        self.store = DatasetStore(self.home / "datasets")
+        self.work_dir = self.home / "work"
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    # ----- datasets ---------------------------------------------------------------------------
+    def dataset(self, name: str | None) -> Dataset:
+        if not name:
+            raise ValueError("pick or create a dataset first")
+        try:
+            return self.store.get(name)
+        except KeyError as e:
+            raise ValueError(str(e.args[0])) from None
+
+    def snapshot(self, ds: Dataset) -> tuple[Path, str]:
+        """Freeze the labelled part of a dataset; the same content maps to the same folder."""
+        digest = ds.content_hash()
+        dest = self.home / "snapshots" / f"{ds.name}-{digest}"
+        if not (dest / "data.yaml").exists():
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            ds.export_yolo(tmp)
+            tmp.replace(dest) if not dest.exists() else shutil.rmtree(tmp)
+        return dest / "data.yaml", digest
+
+    # ----- training ---------------------------------------------------------------------------
+    def start_training(self, dataset_name: str, cfg: TrainConfig) -> str:
+        ds = self.dataset(dataset_name)
+        data_yaml, digest = self.snapshot(ds)
+        cfg.data = str(data_yaml)
+        cfg.offline = cfg.offline or bool(self.studio.settings.offline)
+        if self.studio.device != "cuda":
+            cfg.device = "cpu"
+        elif not cfg.vram_budget:
+            cfg.vram_budget = cfg.vram_estimate()
+        cfg.check()
+        title = f"YOLO {Path(cfg.model).stem} on {ds.name} ({cfg.epochs} ep, {cfg.imgsz}px)"
+        return self.studio.jobs.submit(kind=KIND, entry="tabs.yolo.train:run",
+                                       config=cfg.to_dict(), title=title,
+                                       vram_bytes=cfg.vram_estimate(), dataset_hash=digest,
+                                       seed=cfg.seed)
+
+    def runs(self) -> list[Any]:
+        return self.studio.jobs.list_runs(KIND)
+
+    def run_results(self, run_id: str) -> tuple[list[str], list[list[Any]], list[tuple[str, str]]]:
+        """(headers, per-epoch rows from results.csv, [(image path, label)]) of one run."""
+        v = self.studio.jobs.view(run_id)
+        headers: list[str] = []
+        rows: list[list[Any]] = []
+        csv_files = [a["path"] for a in v.artifacts if a["path"].endswith("results.csv")]
+        if csv_files and Path(csv_files[0]).exists():
+            with open(csv_files[0]) as f:
+                table = list(csv.reader(f))
+            if table:
+                keep = [i for i, h in enumerate(table[0]) if not h.strip().startswith("lr/")]
+                headers = [table[0][i].strip() for i in keep]
+                rows = [[_num(r[i]) for i in keep] for r in table[1:]]
+        images = [(a["path"], a["label"]) for a in v.artifacts if a["kind"] == "image"]
+        return headers, rows, images
+
+    def best_weights(self, run_id: str) -> Path:
+        v = self.studio.jobs.view(run_id)
+        for a in v.artifacts:
+            if a["kind"] == "model" and Path(a["path"]).exists():
+                return Path(a["path"])
+        raise ValueError(f"run {run_id} has no trained weights yet (status: {v.status})")
+
+    # ----- export and benchmark -------------------------------------------------------------
+    def export_and_benchmark(self, run_id: str, runs: int = 20) -> tuple[list[BenchRow],
+                                                                         list[str]]:
+        weights = self.best_weights(run_id)
+        cfg = json.loads((Path(self.studio.jobs.view(run_id).run_dir) / "config.json")
+                         .read_text())
+        out_dir = Path(self.studio.jobs.view(run_id).run_dir) / "export"
+        device = "0" if self.studio.device == "cuda" else "cpu"
+        files, notes = export_all(weights, int(cfg["imgsz"]), out_dir, device)
+        rows = benchmark(files, Path(cfg["data"]), int(cfg["imgsz"]), out_dir / "bench",
+                         device=device, runs=runs)
+        (out_dir / "benchmark.json").write_text(json.dumps(
+            {"device": self.studio.device_summary(), "rows": [r.as_dict() for r in rows],
+             "notes": notes}, indent=1))
+        return rows, notes
+
+    # ----- detection ------------------------------------------------------------------------
+    def model_choices(self) -> list[tuple[str, str]]:
+        return trained_models(self.runs())
+
+    def is_trusted(self, path: Path) -> bool:
+        """Files inside our runs folder were written by our own jobs."""
+        return Path(path).resolve().is_relative_to(Path(self.studio.settings.runs_dir).resolve())
+
+    def model_key(self, path: str | Path, trust_pickle: bool = False) -> str:
+        """Register a detector with the model manager (once) and return its key."""
+        from studio.models import ModelSpec
+
+        p = Path(path)
+        check_model_file(p, trusted=trust_pickle or self.is_trusted(p))
+        key = f"yolo:{p.resolve()}"
+        if not self.studio.models.is_registered(key):
+            device = self.studio.device
+            self.studio.models.register(ModelSpec(
+                key=key, title=f"YOLO {p.name}", load=lambda dev: load_model(p, device),
+                estimate=3 * p.stat().st_size, reserve=256 << 20))
+        return key
+
+
+def _num(s: str) -> Any:
+    try:
+        return round(float(s), 5)
+    except ValueError:
+        return s.strip()

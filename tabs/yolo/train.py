@@ -1,0 +1,232 @@
+"""The YOLO training job: ``run(config, report)``, run by ``python -m studio.worker RUN_DIR``.
+
+Ultralytics trains in this process (it changes CUDA settings, so never in the studio's own).
+Its callbacks feed the Reporter: per-epoch box/cls/dfl losses and mAP50, mAP50-95 for the live
+plot, throttled progress, a resumable checkpoint after every epoch, and the plots as artifacts.
+Cancel sets ``trainer.stop``, Ultralytics' own stop hook; it finishes the batch, validates and
+saves ``last.pt``, and a later Resume continues from the copy kept in ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from tabs.yolo.config import TrainConfig
+
+PLOT_FILES = {  # file in the Ultralytics save dir -> label in the UI
+    "BoxPR_curve.png": "PR curve",
+    "PR_curve.png": "PR curve",
+    "confusion_matrix_normalized.png": "Confusion matrix (normalised)",
+    "confusion_matrix.png": "Confusion matrix",
+    "val_batch0_pred.jpg": "Sample predictions (val)",
+    "val_batch0_labels.jpg": "Sample labels (val)",
+    "results.png": "Training curves",
+}
+
+
+def configure_ultralytics(cache_dir: Path, offline: bool) -> None:
+    """Environment Ultralytics reads once, at import: its settings/font folder, no pip installs,
+    and no network when offline. Must run before the first ``import ultralytics``."""
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir / "ultralytics"))
+    os.environ["YOLO_AUTOINSTALL"] = "false"  # a job never pip-installs behind the user's back
+    if offline:
+        os.environ["YOLO_OFFLINE"] = "1"
+        offline_fonts()
+
+
+def offline_fonts() -> None:
+    """Ultralytics fetches Arial from GitHub whenever it checks a dataset, offline or not (it
+    only skips the download when the file is already in its config folder). Offline, we put
+    matplotlib's bundled DejaVu Sans there under those names, so label plots still have a font
+    and nothing reaches for the network."""
+    import matplotlib
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        dest = Path(USER_CONFIG_DIR) / name
+        if not dest.exists() and src.exists():
+            shutil.copyfile(src, dest)
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "0" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def auto_batch(cfg: TrainConfig, device: str) -> int | float:
+    """The batch argument for Ultralytics. On CUDA, its AutoBatch takes a fraction of the memory
+    the driver reports free; we turn the job's VRAM budget into that fraction, so the batch it
+    picks fits the budget and not the whole card. On CPU, a fixed 16."""
+    if cfg.batch:
+        return cfg.batch
+    if device == "cpu":
+        return 16
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    budget = cfg.vram_budget or total
+    return round(max(0.1, min(0.9, 0.8 * budget / max(free, 1))), 3)
+
+
+class ReportCallbacks:
+    """Ultralytics callbacks that turn trainer state into Reporter events."""
+
+    def __init__(self, report: Any, every_seconds: float = 1.0):
+        self.report = report
+        self.every = every_seconds
+        self._last_progress = 0.0
+        self._batch = 0
+        self._trained_epoch = False
+        self._t_epoch = time.monotonic()
+        self.images_seen = 0
+        self.train_seconds = 0.0
+        self.final: dict[str, float] = {}
+        self.ckpt_dir = Path(report.run_dir) / "checkpoints"
+
+    def register(self, model: Any) -> None:
+        for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end",
+                      "on_train_epoch_end", "on_fit_epoch_end", "on_model_save"):
+            model.add_callback(event, getattr(self, event))
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.report.log(f"training {trainer.args.model} on {trainer.args.data} for "
+                        f"{trainer.epochs} epochs at {trainer.args.imgsz} px, batch "
+                        f"{trainer.batch_size}, device {trainer.device}")
+        self.report.progress(trainer.start_epoch, trainer.epochs, "starting")
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        self._batch = 0
+        self._t_epoch = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Any) -> None:
+        self._batch += 1
+        self.images_seen += int(trainer.batch_size)
+        if self.report.should_stop():
+            trainer.stop = True  # Ultralytics checks this after every batch
+        now = time.monotonic()
+        if now - self._last_progress >= self.every:
+            self._last_progress = now
+            nb = max(1, len(trainer.train_loader))
+            self.report.progress(trainer.epoch + min(1.0, self._batch / nb), trainer.epochs,
+                                 f"epoch {trainer.epoch + 1}/{trainer.epochs}")
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        self.train_seconds += time.monotonic() - self._t_epoch
+        self._trained_epoch = True
+
+    def on_fit_epoch_end(self, trainer: Any) -> None:
+        values = epoch_metrics(trainer)
+        if not self._trained_epoch:  # Ultralytics' final evaluation of best.pt
+            self.final = values
+            return
+        self._trained_epoch = False
+        step = trainer.epoch + 1
+        self.report.metrics(step, **values)
+        self.report.progress(step, trainer.epochs, f"epoch {step}/{trainer.epochs} done")
+        parts = [f"{k}={v:.4g}" for k, v in values.items() if k in
+                 ("box_loss", "cls_loss", "mAP50", "mAP50_95")]
+        self.report.log(f"epoch {step}: " + " ".join(parts))
+
+    def on_model_save(self, trainer: Any) -> None:
+        """Keep a resumable copy: Ultralytics strips the optimizer from last.pt at the end."""
+        if not Path(trainer.last).exists():
+            return
+        self.ckpt_dir.mkdir(exist_ok=True)
+        tmp = self.ckpt_dir / "resume.pt.tmp"
+        shutil.copyfile(trainer.last, tmp)
+        os.replace(tmp, self.ckpt_dir / "resume.pt")
+        self.report.checkpoint(self.ckpt_dir / "resume.pt", trainer.epoch + 1)
+
+
+def epoch_metrics(trainer: Any) -> dict[str, float]:
+    """Train losses, val losses and box metrics of the epoch just finished, with short names."""
+    out: dict[str, float] = {}
+    losses = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss is not None \
+        else {}
+    for k, v in {**losses, **(trainer.metrics or {})}.items():
+        name = (k.replace("train/", "").replace("val/", "val_").replace("metrics/", "")
+                .replace("(B)", "").replace("-", "_"))
+        try:
+            out[name] = float(v)
+        except (TypeError, ValueError):
+            continue
+    train_parts = [out[k] for k in ("box_loss", "cls_loss", "dfl_loss") if k in out]
+    val_parts = [out[k] for k in ("val_box_loss", "val_cls_loss", "val_dfl_loss") if k in out]
+    if train_parts:
+        out["train_loss"] = sum(train_parts)
+    if val_parts and any(val_parts):
+        out["val_loss"] = sum(val_parts)
+    return out
+
+
+def run(config: dict[str, Any], report: Any) -> None:
+    """Train (or resume) one YOLO model and register weights, checkpoints and plots."""
+    cfg = TrainConfig.from_dict(config)
+    run_dir = Path(report.run_dir)
+    configure_ultralytics(run_dir.parent.parent / "cache", cfg.offline)
+    device = pick_device(cfg.device)
+    if device != "cpu" and cfg.vram_budget:
+        from studio.devices import emulate_card
+
+        emulate_card(cfg.vram_budget, int(device.split(",")[0]))
+
+    from ultralytics import YOLO
+
+    hooks = ReportCallbacks(report)
+    resume_from = report.last_checkpoint()
+    if resume_from is not None:
+        path, epoch = resume_from
+        report.log(f"resuming from {path.name} after epoch {epoch}")
+        model = YOLO(str(path))
+        hooks.register(model)
+        results = model.train(resume=str(path), device=device, workers=cfg.workers)
+    else:
+        model = YOLO(cfg.model)
+        hooks.register(model)
+        args = cfg.ultralytics_args()
+        args.update(data=cfg.data, project=str(run_dir), name="train", exist_ok=True,
+                    device=device, batch=auto_batch(cfg, device), verbose=False)
+        if device == "cpu":
+            args["amp"] = False  # AMP is a CUDA feature; its check would also try a download
+        results = model.train(**args)
+    save_dir = Path(model.trainer.save_dir)
+    summary = finish(save_dir, hooks, results, report)
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+
+
+def finish(save_dir: Path, hooks: ReportCallbacks, results: Any, report: Any) -> dict[str, Any]:
+    """Register weights and plots; return the summary shown in the results table."""
+    weights = save_dir / "weights"
+    if (weights / "best.pt").exists():
+        report.artifact(weights / "best.pt", kind="model", label="best.pt")
+    if (weights / "last.pt").exists():
+        report.artifact(weights / "last.pt", kind="checkpoint", label="last.pt")
+    seen = set()
+    for fname, label in PLOT_FILES.items():
+        if (save_dir / fname).exists() and label not in seen:
+            seen.add(label)
+            report.artifact(save_dir / fname, kind="image", label=label)
+    if (save_dir / "results.csv").exists():
+        report.artifact(save_dir / "results.csv", kind="file", label="per-epoch metrics")
+    final = hooks.final or {}
+    box = getattr(results, "box", None)
+    if box is not None:
+        final = {**final, "mAP50": float(box.map50), "mAP50_95": float(box.map),
+                 "precision": float(box.mp), "recall": float(box.mr)}
+    return {
+        "final": final,
+        "best": str(weights / "best.pt"),
+        "save_dir": str(save_dir),
+        "images_per_second": hooks.images_seen / hooks.train_seconds if hooks.train_seconds
+        else None,
+        "stopped_early": bool(report.should_stop()),
+    }

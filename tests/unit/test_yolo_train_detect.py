@@ -1,0 +1,97 @@
+"""The YOLO job function in-process (no network, events, plots) and detection on its output."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from studio.reporting import Reporter, read_events
+from tabs.yolo import train
+from tabs.yolo.detect import (
+    UnsafeModelFile,
+    check_model_file,
+    detect_image,
+    detect_video,
+    load_model,
+    prelabel,
+)
+from tabs.yolo.synthetic import draw_sample, write_yolo_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch of training with plots on, while every network call is refused and recorded."""
+    tmp = tmp_path_factory.mktemp("yolo")
+    data = write_yolo_dataset(tmp / "ds", n_train=8, n_val=4, size=64, n_classes=2)
+    attempts = []
+
+    def refuse(*a, **k):
+        attempts.append(a[:2])
+        raise OSError("network disabled in this test")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(socket.socket, "connect", refuse)
+    mp.setattr(socket, "getaddrinfo", refuse)
+    mp.setattr(socket, "create_connection", refuse)
+    run_dir = tmp / "home" / "runs" / "r1"
+    report = Reporter(run_dir)
+    try:
+        train.run({"data": str(data), "epochs": 1, "imgsz": 64, "batch": 4, "workers": 0,
+                   "close_mosaic": 0, "plots": True, "offline": True}, report)
+    finally:
+        mp.undo()
+        report.close()
+    return run_dir, attempts
+
+
+def test_job_reports_epoch_metrics_plots_and_makes_no_network_call(trained):
+    run_dir, attempts = trained
+    assert attempts == []
+    events = read_events(run_dir)
+    metrics = [e for e in events if e["type"] == "metrics"]
+    assert len(metrics) == 1
+    for key in ("box_loss", "cls_loss", "mAP50", "mAP50_95", "train_loss"):
+        assert key in metrics[0]
+    labels = {e["label"] for e in events if e["type"] == "artifact"}
+    assert {"best.pt", "last.pt", "PR curve", "Confusion matrix"} <= labels
+    assert any(e["type"] == "checkpoint" for e in events)
+
+
+def test_uploaded_pickle_is_refused_unless_trusted(tmp_path, trained):
+    run_dir, _ = trained
+    upload = tmp_path / "model.pt"
+    upload.write_bytes((run_dir / "train/weights/best.pt").read_bytes())
+    with pytest.raises(UnsafeModelFile, match="pickle"):
+        check_model_file(upload, trusted=False)
+    assert check_model_file(upload, trusted=True) == upload
+    with pytest.raises(ValueError, match="not a YOLO model file"):
+        check_model_file(tmp_path / "x.txt", trusted=True)
+
+
+def test_detect_image_video_and_prelabel(tmp_path, trained):
+    import cv2
+
+    run_dir, _ = trained
+    model = load_model(run_dir / "train/weights/best.pt", "cpu")
+    img, _ = draw_sample(np.random.default_rng(5), size=64)
+    rgb = np.asarray(img)
+    annotated, dets = detect_image(model, rgb, conf=0.0, iou=0.5, imgsz=64)
+    assert annotated.shape == rgb.shape
+    assert dets and all(0.0 <= d.confidence <= 1.0 for d in dets)  # conf 0 keeps all candidates
+    _, few = detect_image(model, rgb, conf=0.99, iou=0.5, imgsz=64)
+    assert len(few) <= len(dets)
+    boxes = prelabel(model, rgb, ["circle", "square"], conf=0.0, iou=0.5, imgsz=64)
+    assert all(b.cls in (0, 1) for b in boxes) and len(boxes) == len(dets)
+
+    src = tmp_path / "in.mp4"
+    w = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 64))
+    for _ in range(4):
+        w.write(rgb[..., ::-1].copy())
+    w.release()
+    out, n = detect_video(model, src, tmp_path / "out.mp4", imgsz=64)
+    assert n == 4 and Path(out).stat().st_size > 0
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
