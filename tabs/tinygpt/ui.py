@@ -1,0 +1,191 @@
+"""The Tiny GPT lab tab: pick a corpus and tokenizer, shape a model, train it as a job, compare
+runs, and generate text from one. Widgets in, `service` / `compare` calls, `gr.Error` out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio.models import BudgetExceeded
+from studio.ui.widgets import job_panel
+from tabs.tinygpt import service
+from tabs.tinygpt.compare import COLUMNS, chart_frame, compare_runs
+from tabs.tinygpt.config import TinyGPTConfig, default_of, help_of, label_of
+from tabs.tinygpt.model import POS_SCHEMES
+
+CORPUS_CHOICES = [("Python standard library (offline)", "stdlib"),
+                  ("Upload: text file or zip", "upload"),
+                  ("Folder under the studio home (e.g. RAG knowledge base)", "folder")]
+CACHE_CHOICES = ["on", "off", "both (compare speed)"]
+
+
+def _num(name: str, **kw: Any) -> gr.Number:
+    return gr.Number(value=default_of(name), label=label_of(name), info=help_of(name) or None,
+                     **kw)
+
+
+def build_ui(studio: Any) -> None:
+    """The tab's widgets and handlers; called inside ``with gr.Tab(TITLE):``."""
+
+    def _tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The comparison table and its chart, from every Tiny GPT run on disk."""
+        df = compare_runs(studio.jobs.list_runs(service.KIND))
+        return df, chart_frame(df)
+
+    gr.Markdown("Train a 0.1–10M parameter transformer from scratch and see what its parts do: "
+                "positional scheme, context, size, tokenizer. Runs are jobs: close the browser "
+                "and come back.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            gr.Markdown("### Corpus and tokenizer")
+            corpus = gr.Radio(CORPUS_CHOICES, value="stdlib", label=label_of("corpus"),
+                              info=help_of("corpus"))
+            upload = gr.File(label="Text file or zip", file_count="single", visible=False,
+                             type="filepath")
+            folder = gr.Textbox(label="Folder under the studio home", visible=False,
+                                placeholder="indexes/my-knowledge-base",
+                                info=f"relative to {studio.settings.home}")
+            max_chars = _num("max_corpus_chars", precision=0, minimum=1000)
+            tokenizer = gr.Radio([("characters", "char"), ("byte-level BPE", "bpe")],
+                                 value="char", label=label_of("tokenizer"))
+            vocab = gr.Slider(260, 16384, value=default_of("vocab_size"), step=4,
+                              label=label_of("vocab_size"), visible=False)
+            preview_btn = gr.Button("Preview corpus and tokenizer")
+            preview_md = gr.Markdown()
+        with gr.Column(scale=1):
+            gr.Markdown("### Model and training")
+            pos = gr.Radio(list(POS_SCHEMES), value=default_of("pos"), label=label_of("pos"),
+                           info=help_of("pos"))
+            with gr.Row():
+                n_layer = _num("n_layer", precision=0, minimum=1, maximum=24)
+                n_head = _num("n_head", precision=0, minimum=1, maximum=32)
+                n_embd = _num("n_embd", precision=0, minimum=8, maximum=1024)
+            with gr.Row():
+                block_size = _num("block_size", precision=0, minimum=8, maximum=2048)
+                dropout = _num("dropout", minimum=0, maximum=0.9)
+            with gr.Row():
+                max_steps = _num("max_steps", precision=0, minimum=1)
+                batch_size = _num("batch_size", precision=0, minimum=1)
+                lr = _num("learning_rate", minimum=1e-6)
+            device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label=label_of("device"),
+                              info=help_of("device"))
+            start = gr.Button("Start training", variant="primary")
+    panel = job_panel(studio, kind=service.KIND,
+                      plot_keys=("train_loss", "val_loss"))
+
+    gr.Markdown("### Compare runs")
+    compare_btn = gr.Button("Refresh comparison")
+    # callables: filled afresh on every page load
+    table = gr.Dataframe(value=lambda: _tables()[0], headers=COLUMNS, wrap=True,
+                         label="Runs (best validation perplexity first); val_ppl_2x = "
+                         "perplexity at twice the training context")
+    chart = gr.BarPlot(value=lambda: _tables()[1], x="run · measure", y="perplexity",
+                       color="measure",
+                       title="Validation perplexity at 1x and 2x the training context",
+                       x_label_angle=-30, height=320)
+
+    gr.Markdown("### Generate")
+    with gr.Row():
+        # custom values: a script may name a run trained after this page was built
+        gen_run = gr.Dropdown(label="Trained run", choices=service.trained_runs(studio),
+                              scale=3, allow_custom_value=True)
+        refresh_runs = gr.Button("↻", scale=0, min_width=48)
+    prompt = gr.Textbox(label="Prompt", value="def ", lines=3)
+    with gr.Row():
+        max_new = gr.Slider(1, 1000, value=200, step=1, label="New tokens")
+        temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature",
+                                info="0 = greedy")
+        top_k = gr.Slider(0, 200, value=40, step=1, label="Top-k", info="0 = off")
+        cache = gr.Radio(CACHE_CHOICES, value="on", label="KV cache")
+    gen_btn = gr.Button("Generate", variant="primary")
+    gen_out = gr.Textbox(label="Continuation", lines=10, interactive=False)
+    gen_stats = gr.Markdown()
+
+    # ----- handlers --------------------------------------------------------------------------
+    corpus.change(lambda c: (gr.update(visible=c == "upload"), gr.update(visible=c == "folder")),
+                  inputs=[corpus], outputs=[upload, folder], api_visibility="private",
+                  queue=False)
+    tokenizer.change(lambda t: gr.update(visible=t == "bpe"), inputs=[tokenizer],
+                     outputs=[vocab], api_visibility="private", queue=False)
+    train_inputs = [corpus, upload, folder, max_chars, tokenizer, vocab, pos, n_layer, n_head,
+                    n_embd, block_size, dropout, max_steps, batch_size, lr, device]
+
+    def do_start(corpus, upload, folder, max_corpus_chars, tokenizer, vocab_size, pos, n_layer,
+                 n_head, n_embd, block_size, dropout, max_steps, batch_size, learning_rate,
+                 device):
+        cfg, up = _config(locals())
+        try:
+            run_id = service.submit_training(studio, cfg, up)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        gr.Info(f"Run queued: {service.run_title(cfg)}")
+        return panel.select(run_id, studio)
+
+    start.click(do_start, inputs=train_inputs, outputs=[panel.run_picker],
+                api_name="tinygpt_train")
+
+    def do_preview(corpus, upload, folder, max_corpus_chars, tokenizer, vocab_size, pos,
+                   n_layer, n_head, n_embd, block_size, dropout, max_steps, batch_size,
+                   learning_rate, device):
+        cfg, up = _config(locals())
+        try:
+            return service.preview(cfg, studio.settings.home, up).markdown()
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+
+    preview_btn.click(do_preview, inputs=train_inputs, outputs=[preview_md],
+                      api_name="tinygpt_preview", concurrency_limit=1)
+
+    compare_btn.click(_tables, outputs=[table, chart], api_name="tinygpt_compare")
+
+    for event in (refresh_runs.click, gen_run.focus):
+        event(lambda: gr.update(choices=service.trained_runs(studio)), outputs=[gen_run],
+              api_visibility="private", queue=False)
+
+    def do_generate(run_id, prompt, max_new_tokens, temperature, top_k, kv_cache):
+        try:
+            modes = [True, False] if kv_cache.startswith("both") else [kv_cache == "on"]
+            results = [service.generate_from_run(studio, run_id, prompt or "",
+                                                 int(max_new_tokens), float(temperature),
+                                                 int(top_k), use_cache=m) for m in modes]
+        except (ValueError, KeyError, BudgetExceeded) as e:
+            raise gr.Error(str(e)) from None
+        return results[0].text, _generation_markdown(results, modes)
+
+    gen_btn.click(do_generate, inputs=[gen_run, prompt, max_new, temperature, top_k, cache],
+                  outputs=[gen_out, gen_stats], api_name="tinygpt_generate",
+                  concurrency_id="gpu")
+
+
+def _config(v: dict[str, Any]) -> tuple[TinyGPTConfig, str | None]:
+    """Widget values to a config (the rest keep their defaults); bad values become gr.Error."""
+    try:
+        lr, max_steps, corpus = float(v["learning_rate"]), int(v["max_steps"]), v["corpus"]
+        cfg = TinyGPTConfig(
+            corpus=corpus, corpus_path=(v["folder"] or "").strip() if corpus == "folder" else "",
+            max_corpus_chars=int(v["max_corpus_chars"]), tokenizer=v["tokenizer"],
+            vocab_size=int(v["vocab_size"]), pos=v["pos"], n_layer=int(v["n_layer"]),
+            n_head=int(v["n_head"]), n_embd=int(v["n_embd"]), block_size=int(v["block_size"]),
+            dropout=float(v["dropout"]), max_steps=max_steps, batch_size=int(v["batch_size"]),
+            learning_rate=lr, min_lr=min(lr, default_of("min_lr")), device=v["device"],
+            warmup_steps=min(default_of("warmup_steps"), max_steps // 10),
+            eval_every=max(1, min(default_of("eval_every"), max_steps // 5)))
+        if cfg.corpus != "upload":
+            cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise gr.Error(f"Check the settings: {e}") from None
+    return cfg, v["upload"]
+
+
+def _generation_markdown(results: list, modes: list[bool]) -> str:
+    parts = [f"KV cache {'on' if m else 'off'}: **{r.tokens_per_s:,.0f} tokens/s** "
+             f"({r.new_tokens} tokens in {r.seconds:.2f} s, prompt {r.prompt_tokens} tokens)"
+             for r, m in zip(results, modes, strict=True)]
+    if len(results) == 2:
+        speedup = results[0].tokens_per_s / max(1e-9, results[1].tokens_per_s)
+        same = "the same text" if results[0].text == results[1].text else "different text " \
+            "(expected only when sampling; greedy gives the same)"
+        parts.append(f"cache speed-up: **{speedup:.1f}x**, {same}")
+    return "  \n".join(parts)
