@@ -1,0 +1,224 @@
+"""Dataset preparation: uploaded images (or a zip) + captions -> square training images.
+
+Captions come from, in order: a ``.txt`` sidecar with the image's name, a CSV row
+(``file_name``/``image`` + ``caption``/``text`` columns), or one instance prompt for all images
+(DreamBooth style, e.g. "a photo of sks backpack"). Every image is EXIF-rotated, flattened to
+RGB, resized so its short side is the training size and center-cropped. Files that cannot be
+used are listed with a reason each and skipped; nothing else stops the preparation.
+
+The prepared folder follows the Hugging Face imagefolder convention: PNGs plus
+``metadata.jsonl`` with ``file_name`` and ``text``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CAPTION_COLUMNS = ("caption", "text", "prompt")
+FILE_COLUMNS = ("file_name", "filename", "file", "image", "path")
+RECOMMENDED = (20, 150)
+
+
+@dataclass
+class DatasetItem:
+    file_name: str  # in the prepared folder
+    text: str
+    source: str  # the name it was uploaded as
+
+
+@dataclass
+class Skipped:
+    name: str
+    reason: str
+
+
+@dataclass
+class PreparedDataset:
+    folder: Path
+    items: list[DatasetItem]
+    skipped: list[Skipped] = field(default_factory=list)
+    size: int = 512
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def hash(self) -> str:
+        from studio.jobs import hash_files
+
+        return hash_files(list(self.folder.glob("*.png")) + [self.folder / "metadata.jsonl"])
+
+    def report(self) -> str:
+        """Plain words: how many images are ready, and why each skipped file was skipped."""
+        lines = [f"{len(self.items)} images ready at {self.size}x{self.size}."]
+        lines += self.notes
+        lines += [f"skipped {s.name}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+def expand_uploads(paths: list[Path], workdir: Path) -> list[Path]:
+    """Files as given, with zip archives unpacked into `workdir` (nested folders flattened)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.suffix.lower() == ".zip":
+            target = workdir / p.stem
+            target.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(p) as z:
+                for info in z.infolist():
+                    name = Path(info.filename)
+                    if info.is_dir() or name.name.startswith(".") or "__MACOSX" in name.parts:
+                        continue
+                    dest = target / name.name
+                    with z.open(info) as src, open(dest, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    out.append(dest)
+        elif p.is_dir():
+            out += sorted(x for x in p.rglob("*") if x.is_file())
+        else:
+            out.append(p)
+    return out
+
+
+def read_caption_csv(path: Path) -> dict[str, str]:
+    """``{image file name: caption}`` from a CSV with a file column and a caption column."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    cols = {c.lower().strip(): c for c in rows[0]}
+    fcol = next((cols[c] for c in FILE_COLUMNS if c in cols), None)
+    ccol = next((cols[c] for c in CAPTION_COLUMNS if c in cols), None)
+    if fcol is None or ccol is None:
+        raise ValueError(f"{Path(path).name}: needs a file column ({', '.join(FILE_COLUMNS)}) "
+                         f"and a caption column ({', '.join(CAPTION_COLUMNS)})")
+    return {Path(r[fcol]).name: (r[ccol] or "").strip() for r in rows if r.get(fcol)}
+
+
+def load_square(path: Path, size: int, min_side: int):
+    """Open, rotate, flatten, resize (short side = size) and center-crop one image.
+
+    Raises ValueError with the reason a user sees when the file cannot be used.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"not a readable image ({type(e).__name__})") from None
+    if min(im.size) < min_side:
+        raise ValueError(f"too small ({im.width}x{im.height}; the short side needs at least "
+                         f"{min_side} px)")
+    if im.mode in ("RGBA", "LA", "P"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    im = im.convert("RGB")
+    return ImageOps.fit(im, (size, size), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def prepare_dataset(paths: list[Path], out_dir: Path, size: int = 512, instance_prompt: str = "",
+                    min_side: int | None = None) -> PreparedDataset:
+    """Turn uploaded files into a training folder; per-file reasons for what was skipped."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    min_side = min_side if min_side is not None else max(64, size // 2)
+    ds = PreparedDataset(folder=out_dir, items=[], size=size)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = expand_uploads(paths, Path(tmp))
+        sidecars = {f.stem: f for f in files if f.suffix.lower() == ".txt"}
+        csv_captions: dict[str, str] = {}
+        for f in files:
+            if f.suffix.lower() == ".csv":
+                try:
+                    csv_captions.update(read_caption_csv(f))
+                except (ValueError, csv.Error, UnicodeDecodeError) as e:
+                    ds.skipped.append(Skipped(f.name, f"caption CSV not used: {e}"))
+        seen: set[str] = set()
+        for f in files:
+            ext = f.suffix.lower()
+            if ext in (".txt", ".csv"):
+                continue
+            if ext not in IMAGE_EXTS:
+                ds.skipped.append(Skipped(f.name, "not an image file"))
+                continue
+            if f.name in seen:
+                ds.skipped.append(Skipped(f.name, "duplicate file name"))
+                continue
+            caption = _caption_for(f, sidecars, csv_captions, instance_prompt)
+            if not caption:
+                ds.skipped.append(Skipped(f.name, "no caption: add NAME.txt, a CSV row, or an "
+                                          "instance prompt"))
+                continue
+            try:
+                im = load_square(f, size, min_side)
+            except ValueError as e:
+                ds.skipped.append(Skipped(f.name, str(e)))
+                continue
+            seen.add(f.name)
+            name = f"{len(ds.items):04d}.png"
+            im.save(out_dir / name)
+            ds.items.append(DatasetItem(file_name=name, text=caption, source=f.name))
+    lo, hi = RECOMMENDED
+    if ds.items and not lo <= len(ds.items) <= hi:
+        ds.notes.append(f"note: {lo}-{hi} images work best; you have {len(ds.items)}.")
+    write_metadata(ds)
+    return ds
+
+
+def _caption_for(f: Path, sidecars: dict[str, Path], csv_captions: dict[str, str],
+                 instance_prompt: str) -> str:
+    side = sidecars.get(f.stem)
+    if side is not None:
+        text = side.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            return " ".join(text.split())
+    if csv_captions.get(f.name):
+        return csv_captions[f.name]
+    return instance_prompt.strip()
+
+
+def write_metadata(ds: PreparedDataset) -> None:
+    with open(ds.folder / "metadata.jsonl", "w", encoding="utf-8") as f:
+        for it in ds.items:
+            f.write(json.dumps({"file_name": it.file_name, "text": it.text,
+                                "source": it.source}) + "\n")
+
+
+def load_dataset(folder: Path) -> PreparedDataset:
+    """Read a prepared folder back (the training job does this)."""
+    folder = Path(folder)
+    meta = folder / "metadata.jsonl"
+    if not meta.exists():
+        raise ValueError(f"{folder} is not a prepared dataset (no metadata.jsonl)")
+    items = [DatasetItem(**json.loads(line)) for line in meta.read_text().splitlines()
+             if line.strip()]
+    items = [it for it in items if (folder / it.file_name).exists()]
+    if not items:
+        raise ValueError(f"{folder} holds no images")
+    from PIL import Image
+
+    with Image.open(folder / items[0].file_name) as im:
+        size = im.width
+    return PreparedDataset(folder=folder, items=items, size=size)
+
+
+def update_captions(folder: Path, captions: dict[str, str]) -> PreparedDataset:
+    """Apply captions edited in the preview grid (``{file_name: caption}``)."""
+    ds = load_dataset(folder)
+    for it in ds.items:
+        if it.file_name in captions:
+            text = " ".join(str(captions[it.file_name]).split())
+            if not text:
+                raise ValueError(f"{it.source}: a caption cannot be empty")
+            it.text = text
+    write_metadata(ds)
+    return ds

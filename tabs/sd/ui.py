@@ -1,0 +1,292 @@
+"""The Stable Diffusion tab: Train (dataset, settings, "will it fit?", job panel, samples) and
+Generate (SD 1.5 / SDXL, LoRAs with strengths, Stop). Widgets in, logic calls, gr.Error out."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import fields
+from typing import Any
+
+import gradio as gr
+
+from studio.ui.widgets import job_panel
+from tabs.sd import service
+from tabs.sd.config import LR_SCHEDULES, SDTrainConfig
+from tabs.sd.dataset import load_dataset, update_captions
+from tabs.sd.generate import SCHEDULERS, GenerateRequest, LoraChoice, generate
+
+LORA_SLOTS = 3  # do_generate names each slot
+_META = {f.name: f.metadata for f in fields(SDTrainConfig)}
+_DEFAULTS = SDTrainConfig()
+
+
+def _label(name: str) -> str:
+    return _META[name].get("label", name)
+
+
+def _info(name: str) -> str | None:
+    return _META[name].get("help") or None
+
+
+def _default(name: str) -> Any:
+    return getattr(_DEFAULTS, name)
+
+
+def build_ui(studio: Any) -> None:
+    with gr.Tabs():
+        with gr.Tab("Train"):
+            _train_tab(studio)
+        with gr.Tab("Generate"):
+            _generate_tab(studio)
+
+
+def _captions_frame(folder: str | None) -> list[list[str]]:
+    if not folder:
+        return []
+    ds = load_dataset(folder)
+    return [[it.file_name, it.source, it.text] for it in ds.items]
+
+
+def _train_tab(studio: Any) -> None:
+    gr.Markdown("Train a Stable Diffusion 1.5 LoRA on 20–150 images of your style or product. "
+                "Training runs as a job: close the browser and come back.")
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("### 1. Images and captions")
+            files = gr.File(label="Images, .txt captions, a caption CSV, or a zip",
+                            file_count="multiple", type="filepath")
+            instance = gr.Textbox(label="Instance prompt (for images without a caption)",
+                                  placeholder="a photo of sks backpack")
+            size = gr.Slider(256, 1024, value=512, step=64, label=_label("resolution"))
+            prep_btn = gr.Button("Prepare dataset")
+            dataset_dir = gr.Textbox(label=_label("dataset_dir"),
+                                     info="filled by Prepare; an earlier folder works too")
+            prep_report = gr.Markdown()
+            preview = gr.Gallery(label="Prepared images", columns=6, height=240)
+            captions = gr.Dataframe(headers=["file", "uploaded as", "caption"],
+                                    label="Captions (edit, then save)", interactive=True,
+                                    wrap=True)
+            save_caps = gr.Button("Save captions")
+        with gr.Column():
+            gr.Markdown("### 2. Settings")
+            base = gr.Dropdown(service.base_choices(studio, "sd15"), allow_custom_value=True,
+                               value=(service.base_choices(studio, "sd15") or [None])[0],
+                               label=_label("base_model"), info=_info("base_model"))
+            with gr.Row():
+                name = gr.Textbox(_default("output_name"), label=_label("output_name"))
+                trigger = gr.Textbox(label="Trigger words (comma-separated)",
+                                     placeholder="sks")
+            with gr.Row():
+                rank = gr.Slider(4, 16, value=_default("rank"), step=1, label=_label("rank"),
+                                 info=_info("rank"))
+                alpha = gr.Number(_default("alpha"), label=_label("alpha"))
+                steps = gr.Number(_default("max_steps"), precision=0, label=_label("max_steps"))
+            with gr.Row():
+                lr = gr.Number(_default("learning_rate"), label=_label("learning_rate"))
+                sched = gr.Dropdown(list(LR_SCHEDULES), value=_default("lr_scheduler"),
+                                    label=_label("lr_scheduler"))
+                warmup = gr.Number(0, precision=0, label=_label("lr_warmup_steps"))
+            with gr.Row():
+                batch = gr.Number(1, precision=0, label=_label("batch_size"))
+                accum = gr.Number(1, precision=0, label=_label("grad_accumulation"))
+                gc = gr.Radio(["auto", "on", "off"], value="auto",
+                              label=_label("gradient_checkpointing"))
+            with gr.Row():
+                precision = gr.Radio(["fp16", "bf16", "no"], value="fp16",
+                                     label=_label("mixed_precision"))
+                adam8 = gr.Checkbox(True, label=_label("use_8bit_adam"))
+                te = gr.Checkbox(False, label=_label("train_text_encoder"))
+            with gr.Row():
+                seed = gr.Number(_default("seed"), precision=0, label=_label("seed"))
+                noise_offset = gr.Number(0.0, label=_label("noise_offset"),
+                                         info=_info("noise_offset"))
+            with gr.Accordion("Prior preservation", open=False):
+                prior = gr.Checkbox(False, label=_label("prior_preservation"))
+                class_prompt = gr.Textbox(label=_label("class_prompt"),
+                                          placeholder="a photo of a backpack")
+                with gr.Row():
+                    n_class = gr.Number(100, precision=0, label=_label("num_class_images"))
+                    prior_w = gr.Number(1.0, label=_label("prior_loss_weight"))
+                class_dir = gr.Textbox(label=_label("class_images_dir"),
+                                       info="a folder on this machine; empty = the base model "
+                                       "draws them (cached for later runs)")
+            with gr.Accordion("Samples during training", open=False):
+                sample_prompts = gr.Textbox(label=_label("sample_prompts"), lines=3,
+                                            placeholder="a photo of sks backpack on a beach")
+                sample_every = gr.Number(100, precision=0, label=_label("sample_every"))
+            with gr.Row():
+                fit_btn = gr.Button("Will it fit?")
+                start = gr.Button("Start training", variant="primary")
+            fit_md = gr.Markdown()
+    panel = job_panel(studio, kind=service.KIND, plot_keys=("train_loss",))
+    samples = gr.Gallery(label="Samples (fixed prompts and seed)", columns=4, height=300)
+    timer = gr.Timer(3.0)
+
+    def do_prepare(files, instance, size):
+        try:
+            ds = service.prepare(studio, files or [], int(size), instance or "")
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        imgs = [(str(ds.folder / it.file_name), it.text) for it in ds.items]
+        return str(ds.folder), ds.report().replace("\n", "  \n"), imgs, _captions_frame(
+            str(ds.folder))
+
+    prep_btn.click(do_prepare, inputs=[files, instance, size],
+                   outputs=[dataset_dir, prep_report, preview, captions], api_name="sd_prepare")
+
+    def do_save_captions(folder, frame):
+        if not folder:
+            raise gr.Error("Prepare a dataset first.")
+        rows = frame.values.tolist() if hasattr(frame, "values") else frame
+        try:
+            ds = update_captions(folder, {r[0]: r[2] for r in rows})
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        gr.Info(f"Saved {len(ds.items)} captions.")
+        return [(str(ds.folder / it.file_name), it.text) for it in ds.items]
+
+    save_caps.click(do_save_captions, inputs=[dataset_dir, captions], outputs=[preview],
+                    api_name="sd_save_captions")
+
+    settings = [dataset_dir, base, name, trigger, size, rank, alpha, steps, lr, sched, warmup,
+                batch, accum, gc, precision, adam8, te, seed, noise_offset, prior, class_prompt,
+                n_class, prior_w, class_dir, sample_prompts, sample_every]
+
+    def to_config(values: list[Any]) -> SDTrainConfig:
+        (folder, base_v, name_v, trig, size_v, rank_v, alpha_v, steps_v, lr_v, sched_v,
+         warm_v, batch_v, accum_v, gc_v, prec_v, adam_v, te_v, seed_v, off_v, prior_v, cp_v,
+         ncls_v, pw_v, cdir_v, sp_v, se_v) = values
+        if not folder:
+            raise gr.Error("Prepare a dataset first (step 1).")
+        cfg = SDTrainConfig(
+            base_model=(base_v or "").strip(), dataset_dir=folder,
+            output_name=(name_v or "my_lora").strip(), resolution=int(size_v),
+            trigger_words=[t.strip() for t in (trig or "").split(",") if t.strip()],
+            rank=int(rank_v), alpha=float(alpha_v), max_steps=int(steps_v),
+            learning_rate=float(lr_v), lr_scheduler=sched_v, lr_warmup_steps=int(warm_v),
+            batch_size=int(batch_v), grad_accumulation=int(accum_v), gradient_checkpointing=gc_v,
+            mixed_precision=prec_v, use_8bit_adam=bool(adam_v), train_text_encoder=bool(te_v),
+            seed=int(seed_v), noise_offset=float(off_v), prior_preservation=bool(prior_v),
+            class_prompt=cp_v or "", num_class_images=int(ncls_v), prior_loss_weight=float(pw_v),
+            class_images_dir=(cdir_v or "").strip(),
+            sample_prompts=[p.strip() for p in (sp_v or "").splitlines() if p.strip()],
+            sample_every=int(se_v))
+        try:
+            cfg.validate()
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        return cfg
+
+    def do_fit(*values):
+        cfg, est = service.complete_config(studio, to_config(list(values)))
+        return est.describe()
+
+    fit_btn.click(do_fit, inputs=settings, outputs=[fit_md], api_name="sd_estimate")
+
+    def do_start(*values):
+        try:
+            run_id = service.submit_training(studio, to_config(list(values)))
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        gr.Info(f"Training queued: {run_id}")
+        return panel.select(run_id, studio)
+
+    start.click(do_start, inputs=settings, outputs=[panel.run_picker], api_name="sd_train")
+    timer.tick(lambda rid: service.sample_images(studio, rid), inputs=[panel.run_picker],
+               outputs=[samples], api_visibility="private", show_progress="hidden", queue=False)
+
+
+def _stop_flags(studio: Any) -> dict[str, threading.Event]:
+    return studio.extras.setdefault("sd_stop_flags", {})
+
+
+def _generate_tab(studio: Any) -> None:
+    with gr.Row():
+        with gr.Column(scale=2):
+            arch = gr.Radio([("SD 1.5", "sd15"), ("SDXL", "sdxl")], value="sd15",
+                            label="Architecture")
+            base = gr.Dropdown(service.base_choices(studio, "sd15"), allow_custom_value=True,
+                               value=(service.base_choices(studio, "sd15") or [None])[0],
+                               label="Base model", info="hub id, local folder or .safetensors")
+            prompt = gr.Textbox(label="Prompt", lines=2)
+            negative = gr.Textbox(label="Negative prompt")
+            with gr.Row():
+                steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                guidance = gr.Slider(1, 15, value=7, step=0.5, label="Guidance")
+                seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random")
+            with gr.Row():
+                width = gr.Slider(0, 1536, value=0, step=64, label="Width",
+                                  info="0 = native (512 / 1024)")
+                height = gr.Slider(0, 1536, value=0, step=64, label="Height")
+                batch = gr.Slider(1, 8, value=1, step=1, label="Batch")
+            scheduler = gr.Dropdown(list(SCHEDULERS), value="DPM++ 2M", label="Scheduler")
+            lora_boxes, strengths = [], []
+            with gr.Accordion("LoRAs", open=True):
+                for i in range(LORA_SLOTS):
+                    with gr.Row():
+                        lora_boxes.append(gr.Dropdown(service.list_loras(studio), value=None,
+                                                      label=f"LoRA {i + 1}", scale=3,
+                                                      allow_custom_value=True))
+                        strengths.append(gr.Slider(-1, 2, value=1.0, step=0.05,
+                                                   label="Strength", scale=2))
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Images (PNG with prompt, seed and LoRAs inside)",
+                                 columns=2, height=560, format="png")
+            plan_md = gr.Markdown()
+
+    def refresh_loras():
+        choices = service.list_loras(studio)
+        return [gr.update(choices=choices) for _ in range(LORA_SLOTS)]
+
+    for box in lora_boxes:
+        box.focus(refresh_loras, outputs=lora_boxes, api_visibility="private", queue=False)
+    arch.change(lambda a: gr.update(choices=service.base_choices(studio, a),
+                                    value=(service.base_choices(studio, a) or [None])[0]),
+                inputs=[arch], outputs=[base], api_visibility="private", queue=False)
+
+    def do_generate(arch_v, base_v, prompt_v, neg_v, steps_v, guid_v, seed_v, w_v, h_v, b_v,
+                    sched_v, lora1, lora2, lora3, str1, str2, str3,
+                    request: gr.Request = None, progress=gr.Progress()):  # noqa: B008
+        loras = [LoraChoice(p, float(s)) for p, s in
+                 ((lora1, str1), (lora2, str2), (lora3, str3)) if p]
+        if not (base_v or "").strip():
+            raise gr.Error("Choose a base model (hub id, local folder or .safetensors file).")
+        req = GenerateRequest(base=base_v.strip(), arch=arch_v, prompt=prompt_v or "",
+                              negative_prompt=neg_v or "", steps=int(steps_v),
+                              guidance=float(guid_v), seed=int(seed_v), width=int(w_v),
+                              height=int(h_v), batch=int(b_v), scheduler=sched_v, loras=loras)
+        flag = threading.Event()
+        session = getattr(request, "session_hash", None) or "api"
+        _stop_flags(studio)[session] = flag
+        try:
+            result = generate(studio, req, studio.settings.exports_dir / "sd_images",
+                              on_step=lambda i, n: progress((i, n), desc="denoising"),
+                              should_stop=flag.is_set)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        except Exception as e:  # BudgetExceeded, load errors: say it plainly
+            raise gr.Error(f"{type(e).__name__}: {e}") from None
+        finally:
+            _stop_flags(studio).pop(session, None)
+        note = f"**Memory plan:** {result.plan}  \n{result.seconds:.1f} s"
+        if result.stopped_at:
+            note += f" — stopped at step {result.stopped_at}"
+        return [(str(im.path), f"seed {im.seed}") for im in result.images], note
+
+    go.click(do_generate,
+             inputs=[arch, base, prompt, negative, steps, guidance, seed, width, height, batch,
+                     scheduler, *lora_boxes, *strengths],
+             outputs=[gallery, plan_md], api_name="sd_generate", concurrency_id="gpu")
+
+    def do_stop(request: gr.Request = None):
+        session = getattr(request, "session_hash", None) or "api"
+        flags = _stop_flags(studio)
+        targets = [flags[session]] if session in flags else list(flags.values())
+        for f in targets:
+            f.set()
+        return "Stopping after the current step…" if targets else "Nothing is running."
+
+    stop.click(do_stop, outputs=[plan_md], api_name="sd_stop", queue=False)
