@@ -1,6 +1,6 @@
 """The engine interface every backend implements, and the tool-call loop they share.
 
-A backend only has to produce one assistant turn (`LLMEngine._stream_turn`): stream text deltas,
+A backend only has to produce one assistant turn (`LLMEngine.stream_turn`): stream text deltas,
 then report the full text, any tool calls and timing. `stream_chat` runs the call/response loop
 on top: run each requested tool, append the results as ``tool`` messages, ask again.
 """
@@ -67,7 +67,7 @@ class ChatEvent:
     tool_call: ToolCall | None = None
     stats: TurnStats | None = None
     messages: list[dict[str, Any]] | None = None
-    # internal, from _stream_turn to the loop only:
+    # on the ``turn`` event of stream_turn only:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
@@ -99,10 +99,11 @@ class LLMEngine:
         return TransformersEngine.from_choice(studio, choice, **kwargs)
 
     # ----- what a backend implements -------------------------------------------------------
-    def _stream_turn(self, messages: list[dict], settings: GenerationSettings,
+    def stream_turn(self, messages: list[dict], settings: GenerationSettings,
                      tool_schemas: list[dict] | None,
                      stop_event: threading.Event | None) -> Iterator[ChatEvent]:
-        """Yield ``text``/``notice`` events, then one ``turn`` event (text, tool_calls, stats)."""
+        """One assistant turn, tools not run: ``text``/``notice`` events, then one ``turn``
+        event with the full text, the tool calls asked for, and stats. Servers use this."""
         raise NotImplementedError
 
     def check_tools(self) -> None:
@@ -122,7 +123,7 @@ class LLMEngine:
             self.check_tools()
         for _round in range(self.max_tool_rounds + 1):
             turn = None
-            for ev in self._stream_turn(convo, settings, box.schemas if box else None,
+            for ev in self.stream_turn(convo, settings, box.schemas if box else None,
                                         stop_event):
                 if ev.kind == "turn":
                     turn = ev

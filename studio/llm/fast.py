@@ -38,11 +38,6 @@ def supports_fast_decode(model) -> bool:
     return inner is not None and hasattr(inner, "layers") and hasattr(model, "lm_head")
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 @dataclass
 class DecodeStep:
     """One generated token and how long the step took (for tokens/s)."""
@@ -75,6 +70,7 @@ class StaticDecoder:
         if use_cuda_graphs is None:
             use_cuda_graphs = self.device.type == "cuda"
         self.use_cuda_graphs = bool(use_cuda_graphs) and self.device.type == "cuda"
+        self.decode_attention = "matmul"  # or "sdpa"; bench/llm.py measures both
         shape = (1, self.n_kv, self.max_len, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                         for _ in self.layers]
@@ -99,34 +95,53 @@ class StaticDecoder:
         return cos[0].to(self.dtype), sin[0].to(self.dtype)
 
     def reset_graphs(self) -> None:
-        """Forget captured graphs (after an adapter is attached or detached)."""
+        """Forget captured graphs (after an adapter is attached or detached).
+
+        The memory pool goes with them: a pool whose graphs are all freed cannot be reused.
+        """
         self._graphs.clear()
+        self._pool = None
+        self.cached_ids = []
+
+    def forget_prefix(self) -> None:
+        """Make the next prefill start from scratch (benchmarks; the cache stays allocated)."""
         self.cached_ids = []
 
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k_cache + self.v_cache)
 
     # ----- the forward pieces ---------------------------------------------------------------
+    # Per decode step the GPU runs a few kernels per layer besides the 4-bit matmuls, so the
+    # glue is kept lean: RoPE tables and the mask are built once per step (not per layer),
+    # RoPE is a roll + addcmul, RMSNorm is torch's fused op, attention two batched GEMMs.
+    def _norm(self, module, h: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(h, (h.shape[-1],), module.weight, module.variance_epsilon)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor
+              ) -> torch.Tensor:
+        """x*cos + rotate_half(x)*sin, where rotate_half(x)*sin == roll(x)*(-sin1, sin2)."""
+        return torch.addcmul(x * cos, x.roll(self.head_dim // 2, -1), sin_signed)
+
     def _attention(self, i: int, layer, h: torch.Tensor, pos: torch.Tensor, start: int,
-                   attend: int) -> torch.Tensor:
+                   attend: int, rope: tuple[torch.Tensor, torch.Tensor],
+                   mask: torch.Tensor | None) -> torch.Tensor:
         attn = layer.self_attn
         t = h.shape[1]
         q = attn.q_proj(h).view(1, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(1, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(1, t, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = self.cos[pos][None, None], self.sin[pos][None, None]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k = self._rope(q, *rope), self._rope(k, *rope)
         self.k_cache[i].index_copy_(2, pos, k.to(self.dtype))
         self.v_cache[i].index_copy_(2, pos, v.to(self.dtype))
         if t == 1:
             # Decode: the n_rep query heads of one KV group act as n_rep "rows" against it,
             # so grouped-query attention needs no repeat of the cache.
             qg = q.reshape(1, self.n_kv, self.n_rep, self.head_dim)
-            mask = (self.arange[:attend] <= pos)[None, None, None, :]
-            out = F.scaled_dot_product_attention(
-                qg, self.k_cache[i][:, :, :attend], self.v_cache[i][:, :, :attend],
-                attn_mask=mask)
+            kk, vv = self.k_cache[i][:, :, :attend], self.v_cache[i][:, :, :attend]
+            if self.decode_attention == "sdpa":
+                out = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask)
+            else:
+                out = self._matmul_attention(qg, kk, vv, mask)
             out = out.reshape(1, self.n_heads, 1, self.head_dim)
         elif start == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
@@ -134,20 +149,50 @@ class StaticDecoder:
         else:  # prefill after a reused prefix: attend to the cache with an offset causal mask
             kk = self.k_cache[i][:, :, :start + t]
             vv = self.v_cache[i][:, :, :start + t]
-            mask = self.arange[:start + t][None, :] <= pos[:, None]
-            out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask[None, None],
+            out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask,
                                                  enable_gqa=self.n_rep > 1)
         out = out.transpose(1, 2).reshape(1, t, self.n_heads * self.head_dim)
         return attn.o_proj(out)
+
+    def _matmul_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          bias: torch.Tensor) -> torch.Tensor:
+        """Decode attention as two batched GEMMs (`bias` is 0 / -inf): with 4 query rows per
+        KV head, cuBLAS spreads a long cache over the whole GPU, where a fused kernel gets a
+        few blocks."""
+        b = q.shape[1]
+        scores = torch.baddbmm(bias.expand(b, q.shape[2], -1), q[0], k[0].transpose(-1, -2),
+                               alpha=self.head_dim ** -0.5)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+        return torch.matmul(probs, v[0])[None]
+
+    def _step_inputs(self, pos: torch.Tensor, start: int, attend: int, t: int):
+        """RoPE factors and attention mask for these positions, shared by every layer."""
+        cos = self.cos[pos][None, None]
+        sin = self.sin[pos][None, None]
+        half = self.head_dim // 2
+        sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        mask = None
+        if t == 1:
+            visible = self.arange[:attend] <= pos
+            if self.decode_attention == "sdpa":
+                mask = visible[None, None, None, :]
+            else:
+                zero = torch.zeros((), dtype=self.dtype, device=self.device)
+                mask = torch.where(visible, zero, float("-inf"))[None, :]
+        elif start > 0:
+            mask = (self.arange[:start + t][None, :] <= pos[:, None])[None, None]
+        return (cos, sin_signed), mask
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, start: int,
                  attend: int) -> torch.Tensor:
         """Run the layers over `ids` at positions `pos`; logits of the last position (fp32)."""
         h = self.inner.embed_tokens(ids).to(self.dtype)
+        rope, mask = self._step_inputs(pos, start, attend, ids.shape[1])
         for i, layer in enumerate(self.layers):
-            h = h + self._attention(i, layer, layer.input_layernorm(h), pos, start, attend)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        h = self.inner.norm(h[:, -1:])
+            h = h + self._attention(i, layer, self._norm(layer.input_layernorm, h), pos, start,
+                                    attend, rope, mask)
+            h = h + layer.mlp(self._norm(layer.post_attention_layernorm, h))
+        h = self._norm(self.inner.norm, h[:, -1:])
         return self.model.lm_head(h)[:, -1].float()
 
     def _bucket(self, length: int) -> int:

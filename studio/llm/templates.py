@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the templates are verbatim copies; their lines stay as shipped)
 """Chat templates of the two tool-calling families the studio targets, verbatim.
 
 They ship inside the real tokenizers (``tokenizer_config.json`` of

@@ -5,7 +5,8 @@ them into JSON schemas (`get_json_schema`), the chat template renders them, and 
 the model's reply back into `ToolCall`s, runs them, and formats the results as ``tool``
 messages. Two formats are understood, the ones the studio's 8B models were trained on:
 
-- Qwen2.5 (and other Hermes-style templates): ``<tool_call>{"name": .., "arguments": ..}</tool_call>``
+- Qwen2.5 (and other Hermes-style templates):
+  ``<tool_call>{"name": .., "arguments": ..}</tool_call>``
 - Llama-3.1: the whole reply is ``{"name": .., "parameters": ..}`` (optionally after
   ``<|python_tag|>``).
 

@@ -1,0 +1,203 @@
+"""Chat tab logic (no Gradio): which engine a request uses, the streamed reply as chatbot
+messages, Stop per browser session, and two small demo tools."""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import operator
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from studio.config import format_bytes
+from studio.llm import GenerationSettings, LLMEngine, ModelSource, OpenAIEngine, TurnStats
+from studio.llm.engine import TransformersEngine
+
+PROFILE, PATH, SERVER = "profile", "path", "server"
+QUANTIZATIONS = ["auto", "nf4", "bf16", "fp16", "fp32"]
+
+
+@dataclass
+class ChatConfig:
+    """Everything the Chat tab's widgets choose, as one typed object."""
+
+    source: str = PROFILE  # profile | path | server
+    path: str = ""  # hub id, model folder or .gguf file (source=path)
+    quantization: str = "auto"
+    server_url: str = "http://127.0.0.1:11434/v1"  # Ollama's default
+    server_model: str = ""
+    api_key: str = ""
+    system_prompt: str = "You are a helpful assistant."
+    use_tools: bool = False
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+def engine_for(studio: Any, cfg: ChatConfig) -> LLMEngine:
+    """The engine a config asks for; local engines share the model manager's one copy."""
+    if cfg.source == PROFILE:
+        return LLMEngine.from_choice(studio, studio.choices["chat"])
+    if cfg.source == PATH:
+        if not cfg.path.strip():
+            raise ValueError("Enter a hub id, a model folder or a .gguf file.")
+        return TransformersEngine(studio, ModelSource(cfg.path.strip(), cfg.quantization))
+    if cfg.source == SERVER:
+        return OpenAIEngine(cfg.server_url, cfg.server_model, cfg.api_key or None)
+    raise ValueError(f"unknown model source {cfg.source!r}")
+
+
+def model_label(studio: Any) -> str:
+    choice = studio.choices["chat"]
+    if choice.source is None:
+        return f"{choice.title} (not available: {choice.note})"
+    return f"{choice.title} · {choice.quantization}"
+
+
+def preload(studio: Any, engine: LLMEngine) -> str:
+    """Load the model now (or check the server) so the first message is quick."""
+    if isinstance(engine, OpenAIEngine):
+        names = engine.list_models()
+        return f"Server answers; it offers: {', '.join(names) or 'no models listed'}."
+    with studio.models.use(engine.key) as llm:
+        size = studio.models.stats(engine.key).get("size", 0)
+        path = "CUDA-graph decode" if llm.decoder is not None and llm.decoder.use_cuda_graphs \
+            else "static-cache decode" if llm.decoder is not None else "generate()"
+        return (f"Loaded **{engine.name}** ({llm.quantization}, {format_bytes(size)} measured, "
+                f"{llm.max_context}-token context, {path}).")
+
+
+# ----- Stop, per browser session -------------------------------------------------------------
+class StopFlags:
+    """One threading.Event per session: the Stop button sets it, the engine checks it."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, session: str) -> threading.Event:
+        with self._lock:
+            ev = self._events[session] = threading.Event()
+            return ev
+
+    def stop(self, session: str) -> bool:
+        with self._lock:
+            ev = self._events.get(session)
+        if ev is None:
+            return False
+        ev.set()
+        return True
+
+
+def stop_flags(studio: Any) -> StopFlags:
+    return studio.extras.setdefault("chat_stop_flags", StopFlags())
+
+
+# ----- demo tools ----------------------------------------------------------------------------
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.Div: operator.truediv, ast.Pow: operator.pow, ast.Mod: operator.mod,
+        ast.FloorDiv: operator.floordiv, ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+def calculate(expression: str) -> float:
+    """Evaluate an arithmetic expression exactly, e.g. (17 * 23) / 4.
+
+    Args:
+        expression: Numbers with + - * / // % ** and parentheses.
+    """
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            if isinstance(node.op, ast.Pow) and abs(ev(node.right)) > 100:
+                raise ValueError("exponent too large")
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.operand))
+        raise ValueError(f"not plain arithmetic: {ast.unparse(node)}")
+
+    return ev(ast.parse(expression, mode="eval").body)
+
+
+def current_time(timezone: str = "UTC") -> str:
+    """The current date and time in a time zone.
+
+    Args:
+        timezone: An IANA time zone name such as Europe/Paris or UTC.
+    """
+    try:
+        return dt.datetime.now(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except ZoneInfoNotFoundError:
+        return f"unknown time zone {timezone!r}"
+
+
+DEMO_TOOLS = [calculate, current_time]
+
+
+# ----- the streamed reply ----------------------------------------------------------------------
+def stats_line(studio: Any, engine: LLMEngine, stats: TurnStats | None) -> str:
+    """Tokens/s, time to first token and VRAM, as the tab shows under the chat."""
+    parts = [f"**{engine.name}**"]
+    if stats is not None:
+        parts.append(f"{stats.new_tokens} tokens · {stats.decode_tokens_per_s:.1f} tok/s · "
+                     f"first token {stats.ttft_s:.2f} s · prompt {stats.prompt_tokens} tokens")
+        if stats.peak_vram is not None:
+            parts.append(f"VRAM peak {format_bytes(stats.peak_vram)}")
+        if stats.stopped:
+            parts.append("stopped")
+    allocated = studio.probe.allocated()
+    if allocated is not None:
+        parts.append(f"VRAM now {format_bytes(allocated)} of {format_bytes(studio.models.budget)}")
+    return " · ".join(parts)
+
+
+def to_engine_messages(system_prompt: str, history: list[dict]) -> list[dict]:
+    """Chatbot messages (tool displays included) -> the conversation the model sees."""
+    out = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    for m in history:
+        if (m.get("metadata") or {}).get("title"):
+            continue  # tool-call and notice bubbles are for the reader
+        content = m.get("content")
+        if isinstance(content, list):  # Gradio may send text parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if m.get("role") in ("user", "assistant") and isinstance(content, str):
+            out.append({"role": m["role"], "content": content})
+    return out
+
+
+def stream_reply(studio: Any, cfg: ChatConfig, history: list[dict], message: str,
+                 stop_event: threading.Event | None = None
+                 ) -> Iterator[tuple[list[dict], str]]:
+    """Yield (chatbot messages, stats line) as the reply streams in."""
+    if not message.strip():
+        raise ValueError("Type a message first.")
+    engine = engine_for(studio, cfg)
+    history = list(history) + [{"role": "user", "content": message}]
+    messages = to_engine_messages(cfg.system_prompt, history)
+    answer = {"role": "assistant", "content": ""}
+    shown = history + [answer]
+    tools = DEMO_TOOLS if cfg.use_tools else None
+    yield _copy(shown), stats_line(studio, engine, None)
+    for ev in engine.stream_chat(messages, cfg.settings, tools=tools, stop_event=stop_event):
+        if ev.kind == "text":
+            answer["content"] += ev.text
+        elif ev.kind == "notice":
+            shown.insert(len(shown) - 1, {"role": "assistant", "content": ev.text,
+                                          "metadata": {"title": "Note"}})
+        elif ev.kind == "tool_call":
+            c = ev.tool_call
+            outcome = c.result if c.error is None else f"error: {c.error}"
+            shown.insert(len(shown) - 1, {
+                "role": "assistant", "content": f"`{c.name}({c.arguments})` → {outcome}",
+                "metadata": {"title": f"Tool: {c.name}"}})
+        elif ev.kind == "done":
+            answer["content"] = ev.text or answer["content"]
+            yield _copy(shown), stats_line(studio, engine, ev.stats)
+            return
+        yield _copy(shown), stats_line(studio, engine, None)
+
+
+def _copy(messages: list[dict]) -> list[dict]:
+    """A snapshot, so each streamed update keeps the text it had when it was sent."""
+    return [dict(m) for m in messages]

@@ -1,0 +1,119 @@
+"""The Chat tab: the shared LLM engine, directly. Widgets in, `service` calls, `gr.Error` out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from studio.llm import GenerationSettings, LLMError, NoToolTemplate
+from studio.models import BudgetExceeded
+from tabs.chat import service
+from tabs.chat.service import PATH, PROFILE, QUANTIZATIONS, SERVER, ChatConfig
+
+_FAILURES = (ValueError, LLMError, NoToolTemplate, BudgetExceeded)
+
+
+def _config(source, path, quantization, server_url, server_model, api_key, system_prompt,
+            use_tools, max_new_tokens, temperature, top_p, repetition_penalty, seed
+            ) -> ChatConfig:
+    """Widget values -> ChatConfig; bad values become a gr.Error."""
+    try:
+        settings = GenerationSettings(
+            max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+            top_p=float(top_p), repetition_penalty=float(repetition_penalty),
+            seed=None if seed in (None, "", -1) else int(seed)).validate()
+    except (TypeError, ValueError) as e:
+        raise gr.Error(f"Check the sampling settings: {e}") from None
+    return ChatConfig(source=source, path=path or "", quantization=quantization,
+                      server_url=server_url or "", server_model=server_model or "",
+                      api_key=api_key or "", system_prompt=system_prompt or "",
+                      use_tools=bool(use_tools), settings=settings)
+
+
+def build_ui(studio: Any) -> None:
+    flags = service.stop_flags(studio)
+    gr.Markdown("Chat with the studio's local model (4-bit on a GPU, streamed), a model folder "
+                "or `.gguf` file of your own, or any OpenAI-compatible server (Ollama, "
+                "llama.cpp, vLLM).")
+    with gr.Row():
+        with gr.Column(scale=3):
+            chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy"])
+            with gr.Row():
+                message = gr.Textbox(placeholder="Type a message and press Enter",
+                                     show_label=False, scale=5)
+                send = gr.Button("Send", variant="primary", scale=1)
+                stop = gr.Button("Stop", variant="stop", scale=1)
+            stats = gr.Markdown()
+            clear = gr.Button("New chat", size="sm")
+        with gr.Column(scale=2):
+            source = gr.Radio([(f"Studio model: {service.model_label(studio)}", PROFILE),
+                               ("Local folder, .gguf file or hub id", PATH),
+                               ("OpenAI-compatible server", SERVER)],
+                              value=PROFILE, label="Model")
+            with gr.Group(visible=False) as path_box:
+                path = gr.Textbox(label="Model", placeholder="/models/Qwen2.5-7B-Instruct or "
+                                  "model.Q4_K_M.gguf or meta-llama/Llama-3.1-8B-Instruct")
+                quantization = gr.Dropdown(QUANTIZATIONS, value="auto", label="Load as",
+                                           info="auto: 4-bit NF4 on a GPU, float32 on CPU")
+            with gr.Group(visible=False) as server_box:
+                server_url = gr.Textbox(value=ChatConfig.server_url, label="Base URL")
+                server_model = gr.Textbox(label="Model name", placeholder="llama3.1:8b")
+                api_key = gr.Textbox(label="API key (if the server needs one)", type="password")
+            system_prompt = gr.Textbox(value=ChatConfig.system_prompt, label="System prompt",
+                                       lines=3)
+            use_tools = gr.Checkbox(label="Let the model call tools (calculator, clock)",
+                                    info="needs a tool-trained model: Llama-3.1, Qwen2.5")
+            with gr.Accordion("Sampling", open=False):
+                max_new = gr.Slider(16, 4096, value=512, step=16, label="Max new tokens")
+                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature",
+                                        info="0 = greedy, the same answer every time")
+                top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
+                rep = gr.Slider(0.8, 2, value=1.0, step=0.05, label="Repetition penalty")
+                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+            load_btn = gr.Button("Load model now")
+            load_md = gr.Markdown()
+
+    config_inputs = [source, path, quantization, server_url, server_model, api_key,
+                     system_prompt, use_tools, max_new, temperature, top_p, rep, seed]
+
+    def show_source(src: str):
+        return gr.update(visible=src == PATH), gr.update(visible=src == SERVER)
+
+    source.change(show_source, inputs=[source], outputs=[path_box, server_box],
+                  api_visibility="private")
+
+    def do_send(msg: str, history: list[dict] | None, *values: Any,
+                request: gr.Request = None):
+        cfg = _config(*values)
+        session = getattr(request, "session_hash", None) or "api"
+        stop_event = flags.fresh(session)
+        try:
+            for shown, line in service.stream_reply(studio, cfg, history or [], msg or "",
+                                                    stop_event):
+                yield shown, line, ""
+        except _FAILURES as e:
+            raise gr.Error(str(e)) from None
+
+    send_args = dict(fn=do_send, inputs=[message, chatbot, *config_inputs],
+                     outputs=[chatbot, stats, message], concurrency_id="gpu")
+    send.click(**send_args, api_name="chat_send")
+    message.submit(**send_args, api_visibility="private")
+
+    def do_stop(request: gr.Request = None) -> str:
+        session = getattr(request, "session_hash", None) or "api"
+        return "Stopping…" if flags.stop(session) else "Nothing is generating."
+
+    stop.click(do_stop, outputs=[load_md], api_name="chat_stop", queue=False)
+    clear.click(lambda: ([], ""), outputs=[chatbot, stats], api_visibility="private")
+
+    def do_load(*values: Any) -> str:
+        cfg = _config(*values)
+        try:
+            engine = service.engine_for(studio, cfg)
+            return service.preload(studio, engine)
+        except _FAILURES as e:
+            raise gr.Error(str(e)) from None
+
+    load_btn.click(do_load, inputs=config_inputs, outputs=[load_md], api_name="chat_load",
+                   concurrency_id="gpu")
