@@ -96,27 +96,43 @@ class PinnedSwap:
     """
 
     def __init__(self):
-        self._pinned: dict[int, Any] = {}  # id(slot holder)+name -> pinned CPU tensor
+        self._pinned: dict[tuple[int, str], Any] = {}  # (id(holder), name) -> pinned tensor
+        self._lock = threading.Lock()
 
-    def offload(self, obj: Any) -> Any:
+    def _stage(self, obj: Any, swap: bool) -> Any:
         import torch
 
-        fresh = not self._pinned
-        for holder, name, _ in _tensor_slots(obj):
-            t = _get(holder, name)
-            if t.device.type == "cpu":
-                continue
-            key = (id(holder), name)
-            buf = self._pinned.get(key)
-            if buf is None or fresh:
-                buf = torch.empty(t.shape, dtype=t.dtype, device="cpu",
-                                  pin_memory=torch.cuda.is_available())
-                buf.copy_(t, non_blocking=True)
-                self._pinned[key] = buf
-            _set(holder, name, buf)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        cuda = torch.cuda.is_available()
+        stream = torch.cuda.Stream() if cuda else None
+        with self._lock:
+            for holder, name, _ in _tensor_slots(obj):
+                t = _get(holder, name)
+                if t.device.type == "cpu":
+                    continue
+                key = (id(holder), name)
+                buf = self._pinned.get(key)
+                if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                    buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=cuda)
+                    if stream is not None:  # off the compute stream: requests keep running
+                        stream.wait_stream(torch.cuda.current_stream())
+                        with torch.cuda.stream(stream):
+                            buf.copy_(t, non_blocking=True)
+                    else:
+                        buf.copy_(t)
+                    self._pinned[key] = buf
+                if swap:
+                    _set(holder, name, buf)
+            if stream is not None:
+                stream.synchronize()
         return obj
+
+    def prestage(self, obj: Any) -> None:
+        """Copy the weights to pinned RAM in the background right after a load, so that the
+        first eviction is as cheap as the later ones (pinning pages is the slow part)."""
+        self._stage(obj, swap=False)
+
+    def offload(self, obj: Any) -> Any:
+        return self._stage(obj, swap=True)
 
     def restore(self, obj: Any, device: str) -> Any:
         import torch
@@ -131,10 +147,12 @@ class PinnedSwap:
         return obj
 
     def clear(self, obj: Any = None) -> None:
-        self._pinned.clear()
+        with self._lock:
+            self._pinned.clear()
 
     def spec_kwargs(self) -> dict[str, Any]:
-        return {"offload": self.offload, "restore": self.restore, "unload": self.clear}
+        return {"offload": self.offload, "restore": self.restore, "unload": self.clear,
+                "prestage": self.prestage}
 
 
 @dataclass
@@ -149,6 +167,7 @@ class ModelSpec:
     offload: Callable[[Any], Any] | None = None  # to CPU RAM for the warm tier
     restore: Callable[[Any, str], Any] | None = None  # back to the device
     unload: Callable[[Any], None] | None = None  # extra cleanup (close files, threads)
+    prestage: Callable[[Any], None] | None = None  # prepare the warm copy in the background
 
 
 @dataclass
@@ -391,6 +410,10 @@ class ModelManager:
                        last_used=time.monotonic(), load_seconds=secs, loads=1)
             self.load_counts[key] = self.load_counts.get(key, 0) + 1
             self._entries[key] = e
+            if spec.prestage is not None and spec.offload is not None and \
+                    self.probe.device == "cuda" and self._warm_used() + size <= self.warm_bytes:
+                threading.Thread(target=spec.prestage, args=(obj,), daemon=True,
+                                 name=f"prestage-{key}").start()
             self._note(f"loaded {key}: {format_bytes(size)} in {secs:.2f} s")
         # The estimate may have been low: evict others until the measured size fits.
         if self.used() + self._pinned_reserve() > self.budget:

@@ -33,12 +33,14 @@ def test_pinned_swap_round_trip_of_4bit_model():
     mgr.register(ModelSpec("m", load=lambda d: tiny_llama_4bit(), **PinnedSwap().spec_kwargs()))
     ids = torch.randint(0, 1024, (1, 16), device="cuda")
     with mgr.use("m") as m, torch.inference_mode():
-        ref = m(input_ids=ids).logits.float().cpu()
-    base = probe.allocated()
+        ref = m(input_ids=ids).logits.float().cpu()  # also allocates cuBLAS workspaces
+    size = mgr.stats("m")["size"]
+    with_model = probe.allocated()
     for _ in range(2):
         mgr._evict_one("m", reason="test")
         assert mgr.stats("m")["state"] == "warm"
-        assert probe.allocated() < base * 0.2  # the weights really left the GPU
+        freed = with_model - probe.allocated()
+        assert freed >= 0.9 * size, (freed, size)  # the weights really left the GPU
         with mgr.use("m") as m, torch.inference_mode():
             out = m(input_ids=ids).logits.float().cpu()
         assert torch.equal(out, ref)  # same weights, same quant state: identical logits
