@@ -77,11 +77,11 @@ def build_ui(studio: Any) -> None:
 
     gr.Markdown("### Compare runs")
     compare_btn = gr.Button("Refresh comparison")
-    # callables: filled afresh on every page load
-    table = gr.Dataframe(value=lambda: _tables()[0], headers=COLUMNS, wrap=True,
+    first_table, first_chart = _tables()  # "Refresh comparison" updates them
+    table = gr.Dataframe(value=first_table, headers=COLUMNS, wrap=True,
                          label="Runs (best validation perplexity first); val_ppl_2x = "
                          "perplexity at twice the training context")
-    chart = gr.BarPlot(value=lambda: _tables()[1], x="run · measure", y="perplexity",
+    chart = gr.BarPlot(value=first_chart, x="run · measure", y="perplexity",
                        color="measure",
                        title="Validation perplexity at 1x and 2x the training context",
                        x_label_angle=-30, height=320)
