@@ -290,16 +290,23 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
 @torch.no_grad()
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, use_cache: bool = True,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, cuda_graph: bool = True) -> torch.Tensor:
     """Continue `idx` (B, T) by `max_new_tokens` tokens.
 
     Without the cache every step runs the whole sequence again; with it, the prompt runs once
     and each step runs one token. Both give the same tokens (greedy), which a test checks.
+    On CUDA the cached step is replayed as a CUDA graph (`fastdecode.py`; `cuda_graph=False`
+    runs the plain loop below), since a tiny model's step costs launch overhead, not maths.
     """
     limit = model.max_positions()
     if limit is not None and idx.shape[1] + max_new_tokens > limit:
         raise ValueError(f"prompt ({idx.shape[1]}) + new tokens ({max_new_tokens}) exceed the "
                          f"{limit} positions a learned-position model has")
+    if use_cache and cuda_graph and max_new_tokens > 0:
+        from .fastdecode import graph_decode_applies, graph_generate  # it imports this file
+
+        if graph_decode_applies(model, idx):
+            return graph_generate(model, idx, max_new_tokens, temperature, top_k, generator)
     cache = model.new_cache(idx.shape[0], idx.shape[1] + max_new_tokens) if use_cache else None
     step_input = idx
     # On CUDA, SDPA may pick cuDNN attention, which plans anew for every new key length and so

@@ -111,3 +111,18 @@ def test_sampling_respects_top_k():
     picks = {sample_next(logits, 2.0, 2, g).item() for _ in range(200)}
     assert picks == {0, 1}
     assert sample_next(logits, 0.0, None).item() == 0  # temperature 0 is greedy
+
+
+@pytest.mark.parametrize("pos", POS_SCHEMES)
+def test_fixed_shape_decode_step_gives_the_uncached_tokens(pos):
+    # The step the GPU captures as a CUDA graph (fixed shapes: the whole cache, a length mask),
+    # run eagerly on CPU; twice on one decoder, so stale cache slots must stay hidden.
+    from tabs.tinygpt.fastdecode import graph_generate
+
+    model = tiny_model(pos)
+    g = torch.Generator().manual_seed(6)
+    for n_prompt, n_new in ((9, 25), (4, 12)):
+        prompt = torch.randint(0, 61, (2, n_prompt), generator=g)
+        fixed = graph_generate(model, prompt, n_new, 0.0, None, None)
+        assert torch.equal(fixed, generate(model, prompt, n_new, temperature=0, use_cache=False))
+    assert model._graph_decoder.max_len == 128  # one decoder, reused by the second call
