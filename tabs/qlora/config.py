@@ -1,0 +1,141 @@
+"""QLoRAConfig: everything one QLoRA training run needs, in one typed object.
+
+The UI fills it in, `train.run` reads it back from the run folder's ``config.json``. Labels and
+help live in the field metadata so the form and the config cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+SCHEDULES = ("cosine", "linear", "constant_with_warmup")
+QUANTIZATIONS = ("nf4", "none")  # none = plain LoRA (what CPU runs use anyway)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def _f(default: Any, label: str, help: str = "", **extra: Any) -> Any:
+    return field(default=default, metadata={"label": label, "help": help, **extra})
+
+
+@dataclass
+class QLoRAConfig:
+    """One fine-tuning run: base model, data, LoRA shape, optimizer and reporting cadence."""
+
+    # base model and data
+    base_model: str = _f("", "Base model", "hub id, local model folder, or a .gguf file "
+                         "(GGUF bases are dequantized by transformers)")
+    gguf_file: str = _f("", "GGUF file in that folder", "only for a folder holding .gguf files")
+    train_file: str = _f("", "Training data", "JSONL, JSON or CSV: alpaca, messages, ShareGPT "
+                         "or prompt/completion")
+    eval_file: str = _f("", "Separate eval file", "empty: split the training file")
+    eval_fraction: float = _f(0.1, "Eval share", "held out of the training file when there is "
+                              "no eval file")
+    skip_bad_records: bool = _f(False, "Skip malformed records", "off: any malformed record "
+                                "stops the run so you can fix the file")
+    train_on_prompt: bool = _f(False, "Loss on prompt tokens too", "off: loss only on the "
+                               "answer tokens")
+    max_seq_length: int = _f(2048, "Max sequence length (tokens)", "longer examples are cut")
+    packing: bool = _f(False, "Packing", "padding-free: several examples per row, no pad "
+                       "tokens (each keeps its own positions)")
+    # quantization and LoRA
+    quantization: str = _f("nf4", "Base weights", "4-bit NF4 + double quant on CUDA; CPU "
+                           "always trains plain LoRA", choices=QUANTIZATIONS)
+    precision: str = _f("auto", "Compute precision", "auto: bf16 where the card has it, else "
+                        "fp16; fp32 on CPU", choices=PRECISIONS)
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.05, "LoRA dropout")
+    target_modules: str = _f("all-linear", "Target modules", "'all-linear' or a comma list, "
+                             "e.g. q_proj,v_proj")
+    gradient_checkpointing: bool = _f(True, "Gradient checkpointing", "recompute activations: "
+                                      "much less memory, ~30% slower")
+    # optimisation
+    micro_batch_size: int = _f(1, "Micro-batch")
+    grad_accumulation: int = _f(8, "Gradient accumulation")
+    learning_rate: float = _f(2e-4, "Learning rate")
+    schedule: str = _f("cosine", "Schedule", choices=SCHEDULES)
+    warmup_steps: int = _f(10, "Warmup steps")
+    epochs: float = _f(1.0, "Epochs", "used when max steps is 0")
+    max_steps: int = _f(0, "Max steps", "0: run the epochs")
+    optimizer: str = _f("auto", "Optimizer", "auto: paged 8-bit AdamW on CUDA, AdamW on CPU")
+    seed: int = _f(42, "Seed")
+    # reporting
+    logging_steps: int = _f(1, "Log every N steps")
+    eval_steps: int = _f(50, "Evaluate every N steps", "0: only at the end")
+    save_steps: int = _f(50, "Checkpoint every N steps", "also on cancel and at the end")
+    sample_prompts: int = _f(3, "Eval prompts for base vs adapter samples")
+    sample_tokens: int = _f(64, "Sample length (tokens)")
+    tensorboard: bool = _f(False, "Log to TensorBoard", "writes run_dir/tensorboard")
+    wandb: bool = _f(False, "Log to Weights & Biases", "only when wandb is installed and "
+                     "logged in")
+    merge_fp16: bool = _f(False, "Also export merged fp16 weights", "full model, several GB")
+    dataset_hash: str = _f("", "Dataset hash", "filled in by the studio")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QLoRAConfig:
+        """Build from a dict (config.json, the UI); unknown keys are an error, not ignored."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown QLoRA settings: {sorted(unknown)}")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def target_list(self) -> str | list[str]:
+        """What peft's LoraConfig takes: the string 'all-linear' or a list of names."""
+        text = self.target_modules.strip()
+        if text in ("", "all-linear"):
+            return "all-linear"
+        return [t.strip() for t in text.split(",") if t.strip()]
+
+    def validate(self) -> None:
+        """Plain-language ValueError for settings that cannot work."""
+        if not self.base_model.strip():
+            raise ValueError("choose a base model (hub id, folder or .gguf file)")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"base weights must be one of {QUANTIZATIONS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}")
+        for name in ("lora_r", "lora_alpha", "micro_batch_size", "grad_accumulation",
+                     "logging_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{label_of(name)} must be at least 1")
+        if not 16 <= self.max_seq_length <= 131072:
+            raise ValueError("max sequence length must be between 16 and 131072 tokens")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError("LoRA dropout must be in [0, 1)")
+        if not 0 <= self.eval_fraction < 0.9:
+            raise ValueError("eval share must be in [0, 0.9)")
+        if self.learning_rate <= 0:
+            raise ValueError("learning rate must be positive")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ValueError("set epochs or max steps")
+        for name in ("max_steps", "warmup_steps", "eval_steps", "save_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{label_of(name)} cannot be negative")
+
+
+def _field(name: str):
+    for f in fields(QLoRAConfig):
+        if f.name == name:
+            return f
+    raise KeyError(name)
+
+
+def label_of(name: str) -> str:
+    return _field(name).metadata.get("label", name)
+
+
+def help_of(name: str) -> str:
+    return _field(name).metadata.get("help", "")
+
+
+def default_of(name: str) -> Any:
+    f = _field(name)
+    return f.default if f.default is not MISSING else None

@@ -1,0 +1,208 @@
+"""What the QLoRA tab's buttons do, without Gradio: validate data, estimate memory, submit the
+job, read samples, export the adapter (optionally merged) and chat with it through the shared
+engine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tabs.qlora import dataset as data
+from tabs.qlora.config import QLoRAConfig
+from tabs.qlora.estimate import Estimate, estimate_for_config, load_arch
+
+KIND = "qlora"
+ENTRY = "tabs.qlora.train:run"
+CPU_UI_NOTE = ("This machine has no CUDA GPU: training runs plain LoRA on float32 weights "
+               "(4-bit NF4 needs bitsandbytes on CUDA). Fine for small bases such as SmolLM2.")
+
+
+def default_base(studio: Any) -> tuple[str, str]:
+    """(source, gguf file) of the profile's QLoRA base, or empty strings when it has none."""
+    choice = studio.choices.get("qlora_base")
+    if choice is None or choice.source is None:
+        return "", ""
+    return choice.source, choice.gguf_file or ""
+
+
+def is_cuda(studio: Any) -> bool:
+    return getattr(studio.probe, "device", "cpu") == "cuda"
+
+
+def load_tokenizer(source: str, gguf_file: str = "") -> Any:
+    """Only the tokenizer of the base (cheap), for previews and token counts."""
+    from transformers import AutoTokenizer
+
+    from studio.llm.engine import ModelSource, resolve_source
+
+    where, gguf = resolve_source(ModelSource(source, gguf_file=gguf_file or None))
+    try:
+        return AutoTokenizer.from_pretrained(where, **({"gguf_file": gguf} if gguf else {}))
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot load the tokenizer of {source}: {e}") from e
+
+
+@dataclass
+class Validation:
+    """What "Check data" shows: the report, a rendered preview and the length histogram."""
+
+    dataset: data.Dataset
+    preview: str
+    histogram: Any  # pandas DataFrame for gr.BarPlot
+    truncated: int
+    max_seq_length: int
+
+    def markdown(self) -> str:
+        ds = self.dataset
+        lines = [f"**Shape:** {data.SHAPE_TITLES[ds.shape]}",
+                 f"**Records:** {len(ds.conversations)} usable of {ds.total}",
+                 f"**Longer than {self.max_seq_length} tokens (would be cut):** {self.truncated}"]
+        if ds.problems:
+            lines.append(f"**{len(ds.problems)} malformed record(s)** — fix the file, or tick "
+                         "'Skip malformed records' to train without them:")
+            lines += [f"- {p}" for p in ds.problems[:30]]
+            if len(ds.problems) > 30:
+                lines.append(f"- ... and {len(ds.problems) - 30} more")
+        return "\n".join(lines)
+
+
+def validate(path: str, source: str, gguf_file: str, max_seq_length: int) -> Validation:
+    """Read and check a data file against the base's tokenizer and chat template."""
+    ds = data.load_records(path)
+    tok = load_tokenizer(source, gguf_file)
+    lengths = data.token_lengths(tok, ds.conversations)
+    hist, over = data.length_histogram(lengths, max_seq_length)
+    return Validation(dataset=ds, preview=data.preview(tok, ds), histogram=hist, truncated=over,
+                      max_seq_length=max_seq_length)
+
+
+def estimate(studio: Any, cfg: QLoRAConfig) -> Estimate:
+    """Will it fit? The estimate for these settings against the studio's budget."""
+    arch = load_arch(cfg.base_model, cfg.gguf_file)
+    return estimate_for_config(cfg, arch, studio.models.budget, is_cuda(studio))
+
+
+def submit(studio: Any, cfg: QLoRAConfig) -> str:
+    """Check data and memory up front (errors now, not minutes into a job), then queue."""
+    from studio.jobs import hash_files
+
+    cfg.validate()
+    files = [Path(cfg.train_file)] + ([Path(cfg.eval_file)] if cfg.eval_file else [])
+    for f in files:
+        data.require_clean(data.load_records(f), cfg.skip_bad_records)
+    cfg.dataset_hash = hash_files(files)
+    vram = 0
+    if is_cuda(studio):
+        est = estimate(studio, cfg)
+        if not est.fits:
+            raise ValueError("this will not fit: " + est.describe())
+        vram = est.total
+    title = (f"QLoRA {Path(cfg.base_model).name} r{cfg.lora_r} on {Path(cfg.train_file).name}")
+    return studio.jobs.submit(kind=KIND, entry=ENTRY, config=cfg.to_dict(), title=title,
+                              vram_bytes=vram, dataset_hash=cfg.dataset_hash, seed=cfg.seed)
+
+
+def finished_runs(studio: Any) -> list[str]:
+    """Run ids that have an adapter folder (finished or cancelled with a saved adapter)."""
+    return [v.id for v in studio.jobs.list_runs(KIND)
+            if (Path(v.run_dir) / "adapter" / "adapter_config.json").is_file()]
+
+
+def run_paths(studio: Any, run_id: str) -> tuple[Path, QLoRAConfig]:
+    if not run_id:
+        raise ValueError("pick a run first")
+    run_dir = studio.jobs.run_dir(run_id)
+    if not (run_dir / "adapter" / "adapter_config.json").is_file():
+        raise ValueError(f"run {run_id} has no adapter yet")
+    cfg = QLoRAConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    return run_dir, cfg
+
+
+def samples_table(studio: Any, run_id: str) -> tuple[list[list[str]], dict[str, Any]]:
+    """Rows (prompt, expected, base, adapter) from the run's eval samples, and its results."""
+    run_dir, _ = run_paths(studio, run_id)
+    if not (run_dir / "samples.json").is_file():
+        raise ValueError(f"run {run_id} stopped before its evaluation; resume it to finish")
+    samples = json.loads((run_dir / "samples.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = [[s["prompt"], s["expected"], s["base"], s["adapter"]] for s in samples]
+    return rows, results
+
+
+def export(studio: Any, run_id: str, merge_fp16: bool = False) -> Path:
+    """Copy the adapter (safetensors + run card) to exports/qlora/<run>; optionally also the
+    base with the adapter merged in, in fp16."""
+    run_dir, cfg = run_paths(studio, run_id)
+    dest = studio.settings.exports_dir / "qlora" / run_id
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(run_dir / "adapter", dest / "adapter")
+    if merge_fp16:
+        merge(cfg, run_dir / "adapter", dest / "merged-fp16")
+    return dest
+
+
+def merge(cfg: QLoRAConfig, adapter_dir: Path, out: Path) -> Path:
+    """Base in fp16 + adapter merged into its weights, saved as safetensors (CPU, RAM-bound)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from studio.llm.engine import ModelSource, resolve_source
+
+    where, gguf = resolve_source(ModelSource(cfg.base_model, gguf_file=cfg.gguf_file or None))
+    base = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float16,
+                                                **({"gguf_file": gguf} if gguf else {}))
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out))
+    load_tokenizer(cfg.base_model, cfg.gguf_file).save_pretrained(str(out))
+    return out
+
+
+def chat_engine(studio: Any, run_id: str) -> Any:
+    """The shared engine for the run's base with its adapter attached (one engine per base,
+    kept in studio.extras; the base is loaded once by the model manager)."""
+    from studio.llm import ModelSource, TransformersEngine
+
+    run_dir, cfg = run_paths(studio, run_id)
+    engines = studio.extras.setdefault("qlora_engines", {})
+    key = (cfg.base_model, cfg.gguf_file)
+    if key not in engines:
+        src = ModelSource(cfg.base_model, quantization="auto", gguf_file=cfg.gguf_file or None,
+                          title=f"{Path(cfg.base_model).name} (QLoRA base)")
+        engines[key] = TransformersEngine(studio, src, fast=False)
+    engine = engines[key]
+    engine.attach_adapter(str(run_dir / "adapter"))
+    return engine
+
+
+def chat(studio: Any, run_id: str, history: list[dict], message: str,
+         max_new_tokens: int = 256) -> str:
+    """One reply of the base + the run's adapter to `message` after `history`."""
+    from studio.llm import GenerationSettings
+
+    if not message.strip():
+        raise ValueError("type a message")
+    engine = chat_engine(studio, run_id)
+    msgs = [{"role": m["role"], "content": m["content"]} for m in history] + \
+        [{"role": "user", "content": message}]
+    return engine.chat(msgs, GenerationSettings(temperature=0.0,
+                                                max_new_tokens=max_new_tokens)).text
+
+
+def store_upload(studio: Any, path: str | None) -> str:
+    """Copy an uploaded file under the studio home so the job can still read it later."""
+    if not path:
+        return ""
+    src = Path(path)
+    if not src.is_file():
+        raise ValueError(f"no such file: {path}")
+    dest_dir = studio.settings.uploads_dir / "qlora"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / src.name
+    if src.resolve() != dest.resolve():
+        shutil.copyfile(src, dest)
+    return str(dest)

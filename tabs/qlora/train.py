@@ -1,0 +1,355 @@
+"""The QLoRA training job: ``run(config, report)`` in its own process (see studio.jobs).
+
+transformers' Trainer + peft do the training; `ReportCallback` turns its events into the studio's
+Reporter (losses, tokens/s, VRAM peak, progress), turns Cancel into
+``control.should_training_stop`` (with a checkpoint), and marks every checkpoint so a cancelled or
+crashed run resumes through ``report.last_checkpoint()``. On a machine without CUDA,
+bitsandbytes' 4-bit cannot run: the job trains plain LoRA on float32 weights and says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tabs.qlora import dataset as data
+from tabs.qlora.config import QLoRAConfig
+
+CPU_NOTE = ("No CUDA GPU: 4-bit NF4 (bitsandbytes) needs one, so this run trains plain LoRA on "
+            "float32 weights on the CPU (same adapter format, no quantization).")
+
+
+# ----- model -----------------------------------------------------------------------------------
+def compute_dtype(cfg: QLoRAConfig, device: str):
+    """bf16 where the card supports it, fp16 where it does not, fp32 on the CPU."""
+    import torch
+
+    if device != "cuda":
+        return torch.float32
+    if cfg.precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.precision]
+
+
+def load_base(cfg: QLoRAConfig, device: str, dtype: Any, four_bit: bool) -> tuple[Any, Any]:
+    """Tokenizer and base model (4-bit NF4 + double quant on CUDA when asked)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from studio.llm.engine import ModelSource, resolve_source
+
+    where, gguf = resolve_source(ModelSource(cfg.base_model, gguf_file=cfg.gguf_file or None))
+    extra = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+    kwargs: dict[str, Any] = {"dtype": dtype, **extra}
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    if not four_bit:
+        model = model.to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, model
+
+
+def add_lora(model: Any, cfg: QLoRAConfig) -> Any:
+    """Wrap the base in a LoRA adapter. Unlike prepare_model_for_kbit_training, the embeddings
+    and LM head are not upcast to fp32 (that alone costs ~2 GiB on an 8B model)."""
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_list(), task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, lora)
+
+
+# ----- data ------------------------------------------------------------------------------------
+def load_data(cfg: QLoRAConfig) -> tuple[list[list[dict]], list[list[dict]], list[str]]:
+    """Train and eval conversations, and notes (skipped lines, split) for the log."""
+    train_ds = data.load_records(cfg.train_file)
+    notes = [train_ds.report().splitlines()[0]]
+    notes += data.require_clean(train_ds, cfg.skip_bad_records)
+    if cfg.eval_file:
+        eval_ds = data.load_records(cfg.eval_file)
+        notes += data.require_clean(eval_ds, cfg.skip_bad_records)
+        return train_ds.conversations, eval_ds.conversations, notes
+    train, ev = data.split(train_ds, cfg.eval_fraction, cfg.seed)
+    notes.append(f"split: {len(train)} train, {len(ev)} eval examples (seed {cfg.seed})")
+    return train, ev, notes
+
+
+def make_collator(tokenizer: Any, packing: bool) -> Any:
+    """Padding-free packing (one flat row with per-example position ids, which transformers
+    turns into a block-diagonal mask) or plain padding with IGNORE labels."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    if packing:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=data.IGNORE)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=data.IGNORE,
+                                  return_tensors="pt")
+
+
+# ----- reporting -------------------------------------------------------------------------------
+def report_callback(report: Any, device: str) -> Any:
+    """A TrainerCallback that speaks to the studio's Reporter."""
+    from transformers import TrainerCallback
+
+    class ReportCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.t_last = time.monotonic()
+            self.tokens_last = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t_last, self.tokens_last = time.monotonic(), state.num_input_tokens_seen
+            report.progress(state.global_step, state.max_steps, "training")
+
+        def on_step_end(self, args, state, control, **kw):
+            report.progress(state.global_step, state.max_steps,
+                            f"step {state.global_step}/{state.max_steps}")
+            if report.should_stop():
+                report.log(f"cancel requested: saving a checkpoint at step {state.global_step}")
+                control.should_training_stop = True
+                control.should_save = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            step = state.global_step
+            if "loss" in logs:
+                now = time.monotonic()
+                tokens = state.num_input_tokens_seen - self.tokens_last
+                tps = tokens / max(1e-9, now - self.t_last)
+                self.t_last, self.tokens_last = now, state.num_input_tokens_seen
+                vram = _vram_peak_gib(device)
+                report.metrics(step, train_loss=logs["loss"], lr=logs.get("learning_rate"),
+                               tokens_per_s=tps, vram_peak_gib=vram)
+                report.log(f"step {step}: loss {logs['loss']:.4f}, {tps:,.0f} tokens/s"
+                           + (f", VRAM peak {vram:.2f} GiB" if vram is not None else ""))
+            if "eval_loss" in logs:
+                ppl = math.exp(min(50.0, logs["eval_loss"]))
+                report.metrics(step, eval_loss=logs["eval_loss"], eval_ppl=ppl)
+                report.log(f"step {step}: eval loss {logs['eval_loss']:.4f} (perplexity "
+                           f"{ppl:.2f})")
+
+        def on_save(self, args, state, control, **kw):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if path.exists():
+                report.checkpoint(path, state.global_step)
+                report.log(f"checkpoint saved at step {state.global_step}")
+
+    return ReportCallback()
+
+
+def _vram_peak_gib(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 1024**3
+
+
+def report_targets(cfg: QLoRAConfig, run_dir: Path, report: Any) -> list[str]:
+    """TensorBoard / W&B when asked and usable; says why not otherwise."""
+    out = []
+    if cfg.tensorboard:
+        if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+            out.append("tensorboard")
+            os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")  # job process
+            report.log(f"TensorBoard logs: {run_dir / 'tensorboard'}")
+        else:
+            report.log("TensorBoard asked for but not installed (pip install tensorboard)")
+    if cfg.wandb:
+        logged_in = os.environ.get("WANDB_API_KEY") or \
+            "api.wandb.ai" in _read(Path.home() / ".netrc")
+        if importlib.util.find_spec("wandb") and logged_in:
+            out.append("wandb")
+        else:
+            report.log("Weights & Biases asked for but not configured (pip install wandb; "
+                       "wandb login)")
+    return out
+
+
+def _read(p: Path) -> str:
+    try:
+        return p.read_text()
+    except OSError:
+        return ""
+
+
+# ----- the job ---------------------------------------------------------------------------------
+def training_args(cfg: QLoRAConfig, run_dir: Path, device: str, dtype: Any, has_eval: bool,
+                  report_to: list[str]) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = device == "cuda"
+    optim = cfg.optimizer if cfg.optimizer != "auto" else \
+        ("paged_adamw_8bit" if cuda else "adamw_torch")
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"), per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.grad_accumulation, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_steps,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
+        eval_steps=cfg.eval_steps or None, save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500, save_total_limit=2,
+        bf16=cuda and dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,
+        optim=optim,  # gradient checkpointing is enabled on the model in add_lora
+        include_num_input_tokens_seen="non_padding", report_to=report_to or "none",
+        seed=cfg.seed, data_seed=cfg.seed,
+        use_cpu=not cuda, remove_unused_columns=False, disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=cuda, save_only_model=False)
+
+
+def run(config: dict[str, Any], report: Any) -> None:
+    """Fine-tune, report live, checkpoint, and finish with eval, samples and a run card."""
+    import torch
+    from transformers import Trainer
+
+    cfg = QLoRAConfig.from_dict(config)
+    run_dir = Path(report.run_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    four_bit = device == "cuda" and cfg.quantization == "nf4"
+    if device == "cpu":
+        report.log(CPU_NOTE)
+    dtype = compute_dtype(cfg, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    train_conv, eval_conv, notes = load_data(cfg)
+    report.progress(0, None, "loading the base model")
+    tokenizer, model = load_base(cfg, device, dtype, four_bit)
+    report.log(f"base {cfg.base_model}: {'4-bit NF4 + double quant' if four_bit else dtype}"
+               f" on {device}")
+    train_ex, cut = data.tokenize_all(tokenizer, train_conv, cfg.max_seq_length,
+                                      cfg.train_on_prompt)
+    eval_ex, _ = data.tokenize_all(tokenizer, eval_conv, cfg.max_seq_length, cfg.train_on_prompt)
+    for note in notes + cut:
+        report.log(note)
+    if not train_ex:
+        raise ValueError("no training example has answer tokens within max sequence length")
+    model = add_lora(model, cfg)
+    trainable, total = model.get_nb_trainable_parameters()
+    report.log(f"LoRA r{cfg.lora_r} on {cfg.target_modules}: {trainable / 1e6:.2f}M trainable "
+               f"of {total / 1e6:.1f}M parameters")
+
+    args = training_args(cfg, run_dir, device, dtype, bool(eval_ex),
+                         report_targets(cfg, run_dir, report))
+    trainer = Trainer(model=model, args=args, train_dataset=train_ex,
+                      eval_dataset=eval_ex or None,
+                      data_collator=make_collator(tokenizer, cfg.packing),
+                      callbacks=[report_callback(report, device)])
+    last = report.last_checkpoint()
+    if last:
+        report.log(f"resumed from step {last[1]} ({last[0].name})")
+    trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+
+    adapter_dir = run_dir / "adapter"
+    trainer.model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    if report.should_stop():
+        report.artifact(adapter_dir, kind="model", label="adapter so far")
+        report.log(f"stopped at step {trainer.state.global_step}; adapter so far in "
+                   f"{adapter_dir}")
+        return
+    finish(cfg, report, trainer, tokenizer, eval_conv, eval_ex, device, four_bit, adapter_dir)
+
+
+def finish(cfg: QLoRAConfig, report: Any, trainer: Any, tokenizer: Any,
+           eval_conv: list[list[dict]], eval_ex: list[dict], device: str, four_bit: bool,
+           adapter_dir: Path) -> None:
+    """Final eval loss/perplexity, base-vs-adapter samples, results and the run card."""
+    run_dir = Path(report.run_dir)
+    step = trainer.state.global_step
+    results: dict[str, Any] = {"step": step, "device": device,
+                               "quantization": "nf4" if four_bit else "none (plain LoRA)",
+                               "train_loss": _last(trainer.state.log_history, "loss")}
+    if eval_ex:
+        done = [h for h in trainer.state.log_history if "eval_loss" in h and h["step"] == step]
+        ev = done[-1] if done else trainer.evaluate()  # not twice at the same step
+        results["eval_loss"] = ev["eval_loss"]
+        results["eval_ppl"] = math.exp(min(50.0, ev["eval_loss"]))
+        if not done:
+            report.metrics(step, eval_loss=ev["eval_loss"], eval_ppl=results["eval_ppl"])
+        report.log(f"final eval loss {ev['eval_loss']:.4f}, perplexity {results['eval_ppl']:.2f}")
+    results["vram_peak_gib"] = _vram_peak_gib(device)
+    samples = sample_pairs(trainer.model, tokenizer, eval_conv[:cfg.sample_prompts],
+                           cfg.sample_tokens)
+    (run_dir / "samples.json").write_text(json.dumps(samples, indent=1))
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    write_run_card(adapter_dir, cfg, results)
+    report.artifact(adapter_dir, kind="model", label="adapter")
+    report.artifact(run_dir / "samples.json", kind="file", label="samples")
+    report.artifact(run_dir / "results.json", kind="file", label="results")
+    report.progress(step, step, "done")
+
+
+def _last(history: list[dict], key: str) -> float | None:
+    vals = [h[key] for h in history if key in h]
+    return vals[-1] if vals else None
+
+
+def sample_pairs(model: Any, tokenizer: Any, conversations: list[list[dict]],
+                 max_new_tokens: int) -> list[dict[str, str]]:
+    """Greedy replies of the base (adapter disabled) and the adapter to the same prompts."""
+    out = []
+    for conv in conversations:
+        last = max(i for i, m in enumerate(conv) if m["role"] == "assistant")
+        prompt = conv[:last]
+        out.append({"prompt": prompt[-1]["content"], "expected": conv[last]["content"],
+                    "adapter": generate(model, tokenizer, prompt, max_new_tokens)})
+        with model.disable_adapter():
+            out[-1]["base"] = generate(model, tokenizer, prompt, max_new_tokens)
+    return out
+
+
+def generate(model: Any, tokenizer: Any, messages: list[dict], max_new_tokens: int) -> str:
+    """One greedy reply, decoded without special tokens."""
+    import torch
+
+    ids = tokenizer(data.render(tokenizer, messages, add_generation_prompt=True),
+                    add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = ids.to(model.device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    model.train(was_training)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def write_run_card(adapter_dir: Path, cfg: QLoRAConfig, results: dict[str, Any]) -> Path:
+    """run_card.json + RUN_CARD.md next to the adapter: base, data hash, settings, metrics,
+    library versions, so the adapter can be reproduced and trusted."""
+    from studio.jobs import library_versions
+
+    versions = library_versions()
+    card = {"base_model": cfg.base_model, "gguf_file": cfg.gguf_file,
+            "dataset_hash": cfg.dataset_hash, "train_file": Path(cfg.train_file).name,
+            "settings": cfg.to_dict(), "metrics": results, "versions": versions}
+    (adapter_dir / "run_card.json").write_text(json.dumps(card, indent=1, default=str))
+    lines = [f"# LoRA adapter for {cfg.base_model}", "",
+             f"- data: {Path(cfg.train_file).name} (hash {cfg.dataset_hash or 'n/a'})",
+             f"- LoRA r{cfg.lora_r}, alpha {cfg.lora_alpha}, targets {cfg.target_modules}",
+             f"- base weights: {results.get('quantization')}, device {results.get('device')}",
+             f"- steps {results.get('step')}, eval loss {results.get('eval_loss')}, "
+             f"perplexity {results.get('eval_ppl')}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))]
+    (adapter_dir / "RUN_CARD.md").write_text("\n".join(lines) + "\n")
+    return adapter_dir / "run_card.json"
+

@@ -1,0 +1,200 @@
+"""The QLoRA trainer tab: check the data, ask "will it fit?", train as a job, compare base vs
+adapter, export, and chat with the adapter. Widgets in, `service` calls, `gr.Error` out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from studio.llm import LLMError
+from studio.models import BudgetExceeded
+from studio.ui.widgets import job_panel
+from tabs.qlora import service
+from tabs.qlora.config import SCHEDULES, QLoRAConfig, default_of, help_of, label_of
+from tabs.qlora.dataset import DatasetError
+
+SETTINGS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "gradient_checkpointing",
+            "micro_batch_size", "grad_accumulation", "learning_rate", "schedule",
+            "warmup_steps", "epochs", "max_steps", "packing", "quantization", "seed",
+            "eval_steps", "save_steps", "tensorboard", "wandb")
+INTS = {"lora_r", "lora_alpha", "micro_batch_size", "grad_accumulation", "warmup_steps",
+        "max_steps", "seed", "eval_steps", "save_steps", "max_seq_length"}
+
+
+def _widget(name: str) -> gr.components.Component:
+    """One settings widget, labelled from the config's field metadata."""
+    value, label, info = default_of(name), label_of(name), help_of(name) or None
+    if isinstance(value, bool):
+        return gr.Checkbox(value=value, label=label, info=info)
+    if name == "schedule":
+        return gr.Dropdown(list(SCHEDULES), value=value, label=label)
+    if name == "quantization":
+        return gr.Radio(["nf4", "none"], value=value, label=label, info=info)
+    if isinstance(value, str):
+        return gr.Textbox(value=value, label=label, info=info)
+    return gr.Number(value=value, label=label, info=info, precision=0 if name in INTS else None)
+
+
+def build_ui(studio: Any) -> None:
+    """The tab's widgets and handlers; called inside ``with gr.Tab(TITLE):``."""
+    base_src, base_gguf = service.default_base(studio)
+    gr.Markdown("Fine-tune an LLM on your own instruction pairs: 4-bit NF4 base + LoRA on one "
+                "card. Training is a job: close the browser and come back.")
+    if not service.is_cuda(studio):
+        gr.Markdown(f"**Note:** {service.CPU_UI_NOTE}")
+
+    gr.Markdown("### 1. Data")
+    with gr.Row():
+        base = gr.Textbox(value=base_src, label=label_of("base_model"),
+                          info=help_of("base_model"), scale=3)
+        gguf = gr.Textbox(value=base_gguf, label=label_of("gguf_file"), scale=2)
+    with gr.Row():
+        train_file = gr.File(label="Training data (JSONL, JSON or CSV)", type="filepath",
+                             file_types=[".jsonl", ".json", ".csv"])
+        eval_file = gr.File(label="Eval data (optional)", type="filepath",
+                            file_types=[".jsonl", ".json", ".csv"])
+    with gr.Row():
+        eval_fraction = gr.Number(value=default_of("eval_fraction"),
+                                  label=label_of("eval_fraction"), info=help_of("eval_fraction"))
+        max_len = gr.Number(value=default_of("max_seq_length"), precision=0,
+                            label=label_of("max_seq_length"))
+        skip_bad = gr.Checkbox(value=False, label=label_of("skip_bad_records"),
+                               info=help_of("skip_bad_records"))
+        on_prompt = gr.Checkbox(value=False, label=label_of("train_on_prompt"),
+                                info=help_of("train_on_prompt"))
+    check_btn = gr.Button("Check data")
+    report_md = gr.Markdown()
+    with gr.Row():
+        preview = gr.Textbox(label="Preview through the chat template", lines=12,
+                             interactive=False, scale=3)
+        hist = gr.BarPlot(x="tokens", y="examples", color="fits", sort=None,
+                          title="Tokens per example", height=280, scale=2)
+
+    gr.Markdown("### 2. Settings")
+    widgets: dict[str, Any] = {}
+    for row in (SETTINGS[:5], SETTINGS[5:10], SETTINGS[10:15], SETTINGS[15:]):
+        with gr.Row():
+            for name in row:
+                widgets[name] = _widget(name)
+    with gr.Row():
+        fit_btn = gr.Button("Will it fit?")
+        start = gr.Button("Start training", variant="primary")
+    fit_md = gr.Markdown()
+    panel = job_panel(studio, kind=service.KIND, plot_keys=("train_loss", "eval_loss"))
+
+    gr.Markdown("### 3. After training")
+    with gr.Row():
+        run_pick = gr.Dropdown(label="Trained run", choices=service.finished_runs(studio),
+                               allow_custom_value=True, scale=3)
+        compare_btn = gr.Button("Base vs adapter", scale=1)
+    results_md = gr.Markdown()
+    samples = gr.Dataframe(headers=["prompt", "expected", "base", "adapter"], wrap=True,
+                           label="Eval prompts: base vs adapter (greedy)")
+    with gr.Row():
+        merge = gr.Checkbox(value=False, label=label_of("merge_fp16"), info=help_of("merge_fp16"))
+        export_btn = gr.Button("Export adapter")
+    export_md = gr.Markdown()
+    chatbot = gr.Chatbot(label="Chat with the adapter", height=300)
+    with gr.Row():
+        msg = gr.Textbox(label="Message", scale=4)
+        send = gr.Button("Send", scale=1)
+
+    # ----- handlers --------------------------------------------------------------------------
+    data_inputs = [base, gguf, train_file, eval_file, eval_fraction, max_len, skip_bad,
+                   on_prompt]
+    all_inputs = data_inputs + [widgets[n] for n in SETTINGS]
+
+    def config_of(values: tuple) -> QLoRAConfig:
+        names = ["base_model", "gguf_file", "train_file", "eval_file", "eval_fraction",
+                 "max_seq_length", "skip_bad_records", "train_on_prompt", *SETTINGS]
+        raw = dict(zip(names, values, strict=True))
+        try:
+            raw["train_file"] = service.store_upload(studio, raw["train_file"])
+            raw["eval_file"] = service.store_upload(studio, raw["eval_file"])
+            for k, v in raw.items():
+                if k in INTS:
+                    raw[k] = int(v)
+                elif k in ("eval_fraction", "lora_dropout", "learning_rate", "epochs"):
+                    raw[k] = float(v)
+                elif isinstance(v, str):
+                    raw[k] = v.strip()
+            cfg = QLoRAConfig(**raw)
+            cfg.validate()
+        except (TypeError, ValueError) as e:
+            raise gr.Error(f"Check the settings: {e}") from None
+        return cfg
+
+    def do_check(base, gguf, train_file, eval_file, eval_fraction, max_len, skip_bad, on_prompt):
+        if not train_file:
+            raise gr.Error("Upload a training file first.")
+        try:
+            v = service.validate(train_file, base, gguf, int(max_len))
+        except (DatasetError, ValueError, LLMError) as e:
+            raise gr.Error(str(e)) from None
+        return v.markdown(), v.preview, v.histogram
+
+    check_btn.click(do_check, inputs=data_inputs, outputs=[report_md, preview, hist],
+                    api_name="qlora_validate", concurrency_limit=1)
+
+    def do_estimate(*values):
+        cfg = config_of(values)
+        try:
+            return service.estimate(studio, cfg).describe().replace("\n", "  \n")
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+
+    fit_btn.click(do_estimate, inputs=all_inputs, outputs=[fit_md], api_name="qlora_estimate")
+
+    def do_start(*values):
+        cfg = config_of(values)
+        if not cfg.train_file:
+            raise gr.Error("Upload a training file first.")
+        try:
+            run_id = service.submit(studio, cfg)
+        except (DatasetError, ValueError) as e:
+            raise gr.Error(str(e)) from None
+        gr.Info(f"Run {run_id} queued.")
+        return panel.select(run_id, studio)
+
+    start.click(do_start, inputs=all_inputs, outputs=[panel.run_picker], api_name="qlora_train")
+
+    run_pick.focus(lambda: gr.update(choices=service.finished_runs(studio)), outputs=[run_pick],
+                   api_visibility="private", queue=False)
+
+    def do_compare(run_id):
+        try:
+            rows, res = service.samples_table(studio, run_id)
+        except (ValueError, KeyError) as e:
+            raise gr.Error(str(e)) from None
+        text = (f"Step {res['step']} on {res['device']} ({res['quantization']}): eval loss "
+                f"{res.get('eval_loss')}, perplexity {res.get('eval_ppl')}")
+        return text, rows
+
+    compare_btn.click(do_compare, inputs=[run_pick], outputs=[results_md, samples],
+                      api_name="qlora_compare")
+
+    def do_export(run_id, merge_fp16):
+        try:
+            dest = service.export(studio, run_id, bool(merge_fp16))
+        except (ValueError, KeyError, OSError) as e:
+            raise gr.Error(str(e)) from None
+        return f"Exported to `{dest}` (adapter safetensors + RUN_CARD.md)"
+
+    export_btn.click(do_export, inputs=[run_pick, merge], outputs=[export_md],
+                     api_name="qlora_export", concurrency_id="gpu")
+
+    def do_chat(run_id, message, history):
+        history = list(history or [])
+        try:
+            reply = service.chat(studio, run_id, history, message or "")
+        except (ValueError, KeyError, LLMError, BudgetExceeded) as e:
+            raise gr.Error(str(e)) from None
+        history += [{"role": "user", "content": message},
+                    {"role": "assistant", "content": reply}]
+        return history, ""
+
+    send.click(do_chat, inputs=[run_pick, msg, chatbot], outputs=[chatbot, msg],
+               api_name="qlora_chat", concurrency_id="gpu")
+    msg.submit(do_chat, inputs=[run_pick, msg, chatbot], outputs=[chatbot, msg],
+               api_visibility="private", concurrency_id="gpu")
