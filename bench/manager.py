@@ -344,7 +344,7 @@ def main(argv=None) -> int:
     # ---- baseline 2: free all and reload from disk at each switch (first 6 requests) ----
     result["baseline_reload_every_switch"] = baseline_reload(folders, device, args.tiny,
                                                              pattern[:6])
-    switches = sum(1 for a, b in zip(pattern, pattern[1:]) if a != b) + 1
+    switches = sum(1 for a, b in zip(pattern, pattern[1:], strict=False) if a != b) + 1
     base_s = result["baseline_reload_every_switch"]["seconds_per_switch_mean"]
     result["comparison"] = {
         "switches_in_pattern": switches,

@@ -65,7 +65,7 @@ def tensor_bytes(obj: Any) -> int:
         elif isinstance(o, (list, tuple)):
             for v in o:
                 walk(v, depth + 1)
-        elif hasattr(o, "components") and isinstance(getattr(o, "components"), dict):
+        elif isinstance(getattr(o, "components", None), dict):
             walk(o.components, depth + 1)  # diffusers pipelines
         elif hasattr(o, "__dict__"):
             for v in vars(o).values():

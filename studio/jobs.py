@@ -276,7 +276,7 @@ class JobManager:
         if not interrupt:
             return
         with self._lock:
-            for run_id, proc in list(self._procs.items()):
+            for proc in list(self._procs.values()):
                 self._signal(proc.pid, signal.SIGTERM)
             deadline = time.monotonic() + self.grace_seconds
             for run_id, proc in list(self._procs.items()):

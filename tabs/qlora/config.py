@@ -6,21 +6,23 @@ help live in the field metadata so the form and the config cannot drift apart.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+
+from studio.jobconfig import JobConfig
+from studio.jobconfig import setting as _f
 
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")
 QUANTIZATIONS = ("nf4", "none")  # none = plain LoRA (what CPU runs use anyway)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
-def _f(default: Any, label: str, help: str = "", **extra: Any) -> Any:
-    return field(default=default, metadata={"label": label, "help": help, **extra})
 
 
 @dataclass
-class QLoRAConfig:
+class QLoRAConfig(JobConfig):
     """One fine-tuning run: base model, data, LoRA shape, optimizer and reporting cadence."""
+
+    NAME = "QLoRA"
 
     # base model and data
     base_model: str = _f("", "Base model", "hub id, local model folder, or a .gguf file "
@@ -72,18 +74,7 @@ class QLoRAConfig:
     merge_fp16: bool = _f(False, "Also export merged fp16 weights", "full model, several GB")
     dataset_hash: str = _f("", "Dataset hash", "filled in by the studio")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QLoRAConfig:
-        """Build from a dict (config.json, the UI); unknown keys are an error, not ignored."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown QLoRA settings: {sorted(unknown)}")
-        cfg = cls(**data)
-        cfg.validate()
-        return cfg
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def target_list(self) -> str | list[str]:
         """What peft's LoraConfig takes: the string 'all-linear' or a list of names."""
@@ -121,21 +112,5 @@ class QLoRAConfig:
                 raise ValueError(f"{label_of(name)} cannot be negative")
 
 
-def _field(name: str):
-    for f in fields(QLoRAConfig):
-        if f.name == name:
-            return f
-    raise KeyError(name)
-
-
-def label_of(name: str) -> str:
-    return _field(name).metadata.get("label", name)
-
-
-def help_of(name: str) -> str:
-    return _field(name).metadata.get("help", "")
-
-
-def default_of(name: str) -> Any:
-    f = _field(name)
-    return f.default if f.default is not MISSING else None
+label_of, help_of, default_of = (QLoRAConfig.label_of, QLoRAConfig.help_of,
+                                  QLoRAConfig.default_of)

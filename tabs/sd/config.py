@@ -9,8 +9,10 @@ offload) from the budget, with the reasons shown to the user.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+
+from studio.jobconfig import JobConfig
+from studio.jobconfig import setting as _f
 
 GiB = 1024**3
 
@@ -32,17 +34,13 @@ LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear", "polynom
 PRECISIONS = ("fp16", "bf16", "no")
 
 
-def _f(default: Any, label: str, help: str = "", **kw: Any) -> Any:
-    """A dataclass field whose metadata gives the UI its label and help text."""
-    meta = {"label": label, "help": help}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
 
 
 @dataclass
-class SDTrainConfig:
+class SDTrainConfig(JobConfig):
     """One SD 1.5 LoRA training run. Defaults are a good first try on a 12 GB card."""
+
+    NAME = "SD training"
 
     base_model: str = _f("stable-diffusion-v1-5/stable-diffusion-v1-5", "Base model",
                          "hub id, local diffusers folder, or a single .safetensors checkpoint")
@@ -84,18 +82,7 @@ class SDTrainConfig:
     trigger_words: list = _f([], "Trigger words", "saved in the LoRA's metadata")
     dataset_hash: str = _f("", "Dataset hash")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SDTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown SD training settings: {sorted(unknown)}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on."""

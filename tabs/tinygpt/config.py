@@ -6,9 +6,10 @@ help text live in each field's metadata so the form and the config cannot drift 
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
 
+from studio.jobconfig import JobConfig
+from studio.jobconfig import setting as _f
 from tabs.tinygpt.model import POS_SCHEMES, GPTConfig
 
 CORPORA = ("stdlib", "upload", "folder")
@@ -16,13 +17,13 @@ TOKENIZERS = ("char", "bpe")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def _f(default: Any, label: str, help: str = "", **extra: Any) -> Any:
-    return field(default=default, metadata={"label": label, "help": help, **extra})
 
 
 @dataclass
-class TinyGPTConfig:
+class TinyGPTConfig(JobConfig):
     """One training run: corpus, tokenizer, model shape, optimizer and reporting cadence."""
+
+    NAME = "Tiny GPT"
 
     # corpus and tokenizer
     corpus: str = _f("stdlib", "Corpus", "Python's standard library source (every machine has "
@@ -66,19 +67,7 @@ class TinyGPTConfig:
     checkpoint_every: int = _f(200, "Checkpoint every N steps", "also saved on cancel and at "
                                "the end")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TinyGPTConfig:
-        """Build from a dict (config.json, the UI); unknown keys are an error, not ignored."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown Tiny GPT settings: {sorted(unknown)}")
-        cfg = cls(**data)
-        cfg.validate()
-        return cfg
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def validate(self) -> None:
         """Plain messages for settings that cannot work, before a job is started."""
@@ -118,23 +107,5 @@ def _one_of(what: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def label_of(name: str) -> str:
-    """The UI label of a field."""
-    for f in fields(TinyGPTConfig):
-        if f.name == name:
-            return f.metadata.get("label", name)
-    raise KeyError(name)
-
-
-def help_of(name: str) -> str:
-    for f in fields(TinyGPTConfig):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(name)
-
-
-def default_of(name: str) -> Any:
-    for f in fields(TinyGPTConfig):
-        if f.name == name:
-            return f.default if f.default is not MISSING else None
-    raise KeyError(name)
+label_of, help_of, default_of = (TinyGPTConfig.label_of, TinyGPTConfig.help_of,
+                                  TinyGPTConfig.default_of)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
+
+from studio.jobconfig import JobConfig
+from studio.jobconfig import setting as _f
 
 # Families Ultralytics builds from a YAML (scratch) or downloads as COCO weights (.pt).
 MODEL_CHOICES = ["yolov8n.yaml", "yolov8s.yaml", "yolo11n.yaml", "yolo11s.yaml",
@@ -16,13 +19,13 @@ _PER_IMAGE_640 = {"n": 160 << 20, "s": 280 << 20, "m": 520 << 20, "l": 800 << 20
 _FIXED = 900 << 20
 
 
-def _f(default: Any, label: str, help: str = "", **kw: Any) -> Any:
-    return field(default=default, metadata={"label": label, "help": help, **kw})
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JobConfig):
     """Everything one training run needs; saved as the run's config.json."""
+
+    NAME = "training"
 
     data: str = _f("", "data.yaml", "frozen copy of the dataset in the Ultralytics layout")
     model: str = _f("yolov8n.yaml", "Model",
@@ -47,20 +50,9 @@ class TrainConfig:
     val_every_epoch: bool = _f(True, "Validate every epoch", "needed for live mAP")
     offline: bool = _f(False, "Offline", "never download weights, fonts or AMP check models")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training settings: {sorted(unknown)}")
-        cfg = cls(**d)
-        cfg.check()
-        return cfg
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    def check(self) -> None:
+    def validate(self) -> None:
         if not self.data:
             raise ValueError("no dataset: pick a dataset with labelled train and val images")
         if self.epochs < 1:

@@ -109,9 +109,9 @@ def test_share_without_internet_generates_password_and_keeps_serving(tmp_path):
         assert "No public link could be opened" in text, text
         password = re.search(r"password: (\S+)", text).group(1)
         url = f"http://127.0.0.1:{port}/"
-        with pytest.raises(Exception):
+        with pytest.raises(ValueError, match="credentials were not provided"):
             Client(url, verbose=False)  # no credentials: refused
-        with pytest.raises(Exception):
+        with pytest.raises(ValueError, match="Could not login"):
             Client(url, auth=("studio", "wrong"), verbose=False)
         client = Client(url, auth=("studio", password), verbose=False)
         assert "CPU only" in client.predict(api_name="/studio_status")["device"]

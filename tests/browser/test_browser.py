@@ -1,5 +1,5 @@
 """Headless Chromium (Debian's, driven by Playwright) opens the studio, clicks every tab and
-saves a screenshot of each under the run folder's artifacts (tests/artifacts/ or $STUDIO_ARTIFACTS)."""
+saves a screenshot of each as a CI artifact (tests/artifacts/, or $STUDIO_ARTIFACTS)."""
 
 from __future__ import annotations
 
