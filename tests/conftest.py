@@ -20,6 +20,16 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # chromadb
 import pytest  # noqa: E402
 
 
+def wait_for(cond, timeout: float = 30.0) -> bool:
+    """Poll `cond` until it is true; raise TimeoutError if it never becomes true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    raise TimeoutError("condition not met in time")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

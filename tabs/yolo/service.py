@@ -69,7 +69,7 @@ class YoloService:
             cfg.device = "cpu"
         elif not cfg.vram_budget:
             cfg.vram_budget = cfg.vram_estimate()
-        cfg.check()
+        cfg.validate()
         title = f"YOLO {Path(cfg.model).stem} on {ds.name} ({cfg.epochs} ep, {cfg.imgsz}px)"
         return self.studio.jobs.submit(kind=KIND, entry="tabs.yolo.train:run",
                                        config=cfg.to_dict(), title=title,

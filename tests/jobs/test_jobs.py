@@ -11,6 +11,7 @@ import pytest
 from studio.devices import FakeProbe
 from studio.jobs import JobManager, _pid_alive
 from studio.models import ModelManager, ModelSpec
+from tests.conftest import wait_for
 
 GiB = 1024**3
 
@@ -21,14 +22,6 @@ def jobs(tmp_path):
     yield jm
     jm.shutdown()
 
-
-def wait_for(cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_job_succeeds_with_progress_metrics_and_versions(jobs):
@@ -151,7 +144,7 @@ def test_restart_after_studio_crash_marks_dead_run_interrupted(tmp_path):
     pid = json.loads((jm.run_dir(rid) / "run.json").read_text())["pid"]
     jm._stop.set()  # the studio dies without cleaning up ...
     os.killpg(pid, 9)  # ... and so does its job (e.g. the machine rebooted)
-    assert wait_for(lambda: not _pid_alive(pid))
+    wait_for(lambda: not _pid_alive(pid))
     jm2 = JobManager(runs, poll_seconds=0.1)
     try:
         assert jm2.view(rid).status == "interrupted"

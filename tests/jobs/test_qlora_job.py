@@ -4,23 +4,15 @@ so far and a checkpoint, Resume continues from that checkpoint to the end."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from tabs.qlora import service
 from tabs.qlora.config import QLoRAConfig
 from tabs.qlora.tiny import fact_records, make_tiny_base, write_jsonl
+from tests.conftest import wait_for
 
 MAX_STEPS = 120
 
-
-def wait_for(cond, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise TimeoutError("condition not met in time")
 
 
 def test_cancel_then_resume_continues_from_the_checkpoint(studio, tmp_path):

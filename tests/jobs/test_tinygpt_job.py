@@ -4,11 +4,11 @@ checkpoint, resumes from that checkpoint and finishes with results the compariso
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from tabs.tinygpt.compare import compare_runs
 from tabs.tinygpt.config import TinyGPTConfig
+from tests.conftest import wait_for
 
 MAX_STEPS = 400
 
@@ -19,14 +19,6 @@ def small_config() -> dict:
                          eval_every=100, eval_batches=2, sample_every=200, sample_tokens=16,
                          checkpoint_every=20).to_dict()
 
-
-def wait_for(cond, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise TimeoutError("condition not met in time")
 
 
 def test_train_cancel_resume_finish(studio):
