@@ -1,0 +1,373 @@
+"""RagService: what the RAG tab does, as plain methods on the shared Studio (no Gradio here).
+
+It owns the Chroma client and the knowledge bases, runs small ingests in the request and big
+ones as jobs (and applies their results), retrieves, answers through the shared LLM engine, and
+evaluates. Models (embedder, reranker, chat) all go through ``studio.models``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from studio.jobs import FINAL
+from tabs.rag import ingest as ingest_mod
+from tabs.rag.answer import Answer, AnswerEvent, answer_stream
+from tabs.rag.config import KIND, AnswerConfig, IngestLimits, RetrievalConfig, check_kb_name
+from tabs.rag.embedders import (
+    encode,
+    register_embedder,
+    register_reranker,
+    rerank_scores,
+)
+from tabs.rag.evaluation import (
+    EvalRun,
+    QAItem,
+    evaluate,
+    generate_qa,
+    load_runs,
+    parse_qa_jsonl,
+    qa_jsonl,
+    save_run,
+)
+from tabs.rag.index import KnowledgeBase, SourceRecord, list_kbs, open_client
+from tabs.rag.ingest import IngestResult
+from tabs.rag.loaders import resolve_folder
+from tabs.rag.retrieval import SearchResult, search
+
+SOURCE_HEADERS = ["path", "kind", "status", "chunks", "lines", "size", "reason"]
+
+
+def get_service(studio: Any) -> RagService:
+    """The one RagService of a Studio (kept in ``studio.extras``)."""
+    svc = studio.extras.get("rag")
+    if svc is None:
+        svc = studio.extras["rag"] = RagService(studio)
+    return svc
+
+
+class RagService:
+    def __init__(self, studio: Any, limits: IngestLimits | None = None):
+        self.studio = studio
+        self.settings = studio.settings
+        self.root = Path(self.settings.indexes_dir) / "rag"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.limits = limits or IngestLimits()
+        self._client: Any = None
+        self._kbs: dict[str, KnowledgeBase] = {}
+        self._lock = threading.RLock()
+        rr = studio.choices.get("reranker")
+        self.reranker_source: str | None = rr.source if rr else None
+        self.reranker_note = (rr.note if rr and rr.note else
+                              "no reranker is configured; point at a local cross-encoder folder")
+        self.engine: Any = None  # the chat engine, built on first use (tests may set one)
+
+    # ----- knowledge bases ----------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = open_client(self.settings)
+            return self._client
+
+    def embedder_choice(self) -> tuple[str, str]:
+        """(source, title) of the profile's embedder, or a clear error when there is none."""
+        choice = self.studio.choices.get("embedder")
+        if choice is None or choice.source is None:
+            note = choice.note if choice is not None else ""
+            raise ValueError(f"no embedding model is available: {note or 'set one up first'}")
+        return choice.source, choice.title
+
+    def list_kbs(self) -> list[str]:
+        return list_kbs(self.root)
+
+    def create_kb(self, name: str) -> KnowledgeBase:
+        name = check_kb_name(name)
+        with self._lock:
+            if name in self.list_kbs():
+                return self.kb(name)
+            source, title = self.embedder_choice()
+            kb = KnowledgeBase(name, self.root, self.client, embedder=title)
+            kb.manifest["embedder_source"] = source
+            kb._write_manifest()
+            self._kbs[name] = kb
+            return kb
+
+    def kb(self, name: str | None) -> KnowledgeBase:
+        if not name:
+            raise ValueError("pick or create a knowledge base first")
+        name = check_kb_name(name)
+        with self._lock:
+            kb = self._kbs.get(name)
+            if kb is None:
+                if name not in self.list_kbs():
+                    raise ValueError(f"no knowledge base named {name!r}; create it first")
+                kb = self._kbs[name] = KnowledgeBase(name, self.root, self.client, embedder="")
+        self.sync_jobs(name)
+        return kb
+
+    def delete_kb(self, name: str) -> None:
+        kb = self.kb(name)
+        with self._lock:
+            kb.drop()
+            self._kbs.pop(kb.name, None)
+
+    # ----- models ---------------------------------------------------------------------------------
+    def _embedder_key(self, kb: KnowledgeBase) -> str:
+        source = kb.manifest.get("embedder_source")
+        if not source:
+            source, _ = self.embedder_choice()
+        if not (Path(source).exists() or "/" in source and not source.startswith(("/", "."))):
+            raise ValueError(f"knowledge base {kb.name!r} was built with the embedder {source}, "
+                             "which is not on this machine; create a new knowledge base")
+        return register_embedder(self.studio, source, f"embedder {kb.embedder}")
+
+    def encode(self, kb: KnowledgeBase, texts: list[str]) -> np.ndarray:
+        with self.studio.models.use(self._embedder_key(kb)) as model:
+            return encode(model, texts)
+
+    def reranker_status(self) -> tuple[bool, str]:
+        """(available, note) for the reranker switch."""
+        if self.reranker_source:
+            return True, f"reranker: {Path(self.reranker_source).name}"
+        return False, f"Reranker unavailable: {self.reranker_note}"
+
+    def set_reranker(self, source: str | None) -> None:
+        """Use a cross-encoder from a local folder (or hub id); None or '' turns it off."""
+        source = (source or "").strip() or None
+        if source and source.startswith(("/", ".", "~")) and not Path(source).expanduser() \
+                .is_dir():
+            raise ValueError(f"no such reranker folder: {source}")
+        self.reranker_source = str(Path(source).expanduser()) if source and \
+            source.startswith(("/", ".", "~")) else source
+
+    def _rerank_fn(self) -> Callable[[str, list[str]], np.ndarray] | None:
+        if not self.reranker_source:
+            return None
+        key = register_reranker(self.studio, self.reranker_source)
+
+        def rerank(query: str, texts: list[str]) -> np.ndarray:
+            with self.studio.models.use(key) as model:
+                return rerank_scores(model, query, texts)
+        return rerank
+
+    def chat_engine(self) -> Any:
+        if self.engine is None:
+            from studio.llm import LLMEngine
+
+            choice = self.studio.choices.get("chat")
+            if choice is None:
+                raise ValueError("no chat model is configured")
+            self.engine = LLMEngine.from_choice(self.studio, choice)
+        return self.engine
+
+    # ----- ingest ---------------------------------------------------------------------------------
+    def ingest(self, kb_name: str, paths: list[str] | None = None, folder: str | None = None,
+               background: bool | None = None,
+               progress: Callable[[int, int, str], None] | None = None) -> IngestResult:
+        """Index uploaded files/zips and/or a folder under the studio home. Big inputs (or
+        background=True) go to a job; the result then says which run to watch."""
+        kb = self.create_kb(kb_name) if kb_name not in self.list_kbs() else self.kb(kb_name)
+        paths = [str(p) for p in (paths or []) if p]
+        root = resolve_folder(folder, self.settings.home) if folder and folder.strip() else None
+        if not paths and root is None:
+            raise ValueError("add files, a zip, or a folder to ingest")
+        if background is None:
+            background = self._is_big(paths, root)
+        if background:
+            return IngestResult(run_id=self._submit(kb, paths, root))
+        t0 = time.perf_counter()
+        items = ingest_mod.gather(paths, root, self.limits)
+        prep = ingest_mod.prepare(items, kb.known_hashes(), self.limits,
+                                  f"{root.name}/" if root else None)
+        if progress:
+            progress(0, max(prep.chunk_total, 1), "embedding")
+        key = self._embedder_key(kb)
+        with self.studio.models.use(key) as model:
+            vectors = ingest_mod.embed_prepared(prep, lambda t: encode(model, t),
+                                                progress=progress)
+        res = ingest_mod.apply(kb, prep, vectors)
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def _is_big(self, paths: list[str], root: Path | None) -> bool:
+        size, count = 0, 0
+        for p in paths:
+            p = Path(p)
+            if p.suffix.lower() == ".zip" and zipfile.is_zipfile(p):
+                with zipfile.ZipFile(p) as zf:
+                    infos = [i for i in zf.infolist() if not i.is_dir()]
+                size += sum(i.file_size for i in infos)
+                count += len(infos)
+            elif p.exists():
+                size, count = size + p.stat().st_size, count + 1
+        if root is not None:
+            for f in root.rglob("*"):
+                if f.is_file():
+                    size, count = size + f.stat().st_size, count + 1
+                if count > self.limits.background_files:
+                    break
+        return size > self.limits.background_bytes or count > self.limits.background_files
+
+    def _submit(self, kb: KnowledgeBase, paths: list[str], root: Path | None) -> str:
+        # Uploads are temp files: keep copies the job (and a resume) can read later.
+        staged = []
+        if paths:
+            dest = Path(self.settings.uploads_dir) / "rag" / time.strftime("%Y%m%d-%H%M%S-") \
+                / kb.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for p in paths:
+                target = dest / Path(p).name
+                shutil.copyfile(p, target)
+                staged.append(str(target))
+        source = kb.manifest.get("embedder_source") or self.embedder_choice()[0]
+        config = {"kb": kb.name, "kb_dir": str(kb.dir), "paths": staged,
+                  "folder": str(root) if root else None,
+                  "folder_prefix": f"{root.name}/" if root else None,
+                  "embedder": source, "limits": asdict(self.limits)}
+        cuda = self.studio.probe.device == "cuda"
+        what = root.name if root else f"{len(staged)} file(s)"
+        return self.studio.jobs.submit(kind=KIND, entry="tabs.rag.ingest:run", config=config,
+                                       title=f"RAG ingest {what} → {kb.name}",
+                                       vram_bytes=512 * 1024**2 if cuda else 0)
+
+    def sync_jobs(self, kb_name: str | None = None) -> list[IngestResult]:
+        """Store the results of finished ingest jobs (once each). Cheap when there are none."""
+        applied = []
+        runs_dir = Path(self.settings.runs_dir)
+        for d in sorted(runs_dir.glob(f"*-{KIND}-*")):
+            out = d / "ingest"
+            if not (out / "done.json").exists() or (out / "applied.json").exists():
+                continue
+            try:
+                meta = json.loads((d / "run.json").read_text())
+                config = json.loads((d / "config.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if meta.get("status") not in FINAL or (kb_name and config["kb"] != kb_name):
+                continue
+            with self._lock:
+                if (out / "applied.json").exists():
+                    continue
+                kb = self._kbs.get(config["kb"])
+                if kb is None:
+                    if config["kb"] not in self.list_kbs():
+                        continue
+                    kb = self._kbs[config["kb"]] = KnowledgeBase(config["kb"], self.root,
+                                                                 self.client, embedder="")
+                saved = ingest_mod.load_saved(out)
+                if saved is None:
+                    continue
+                res = ingest_mod.apply(kb, *saved)
+                res.run_id = d.name
+                (out / "applied.json").write_text(json.dumps(res.as_dict()))
+                applied.append(res)
+        return applied
+
+    # ----- sources --------------------------------------------------------------------------------
+    def sources(self, kb_name: str) -> list[SourceRecord]:
+        return self.kb(kb_name).sources()
+
+    def source_rows(self, kb_name: str) -> list[list[Any]]:
+        from studio.config import format_bytes
+
+        return [[r.path, r.kind, r.status, r.chunks, r.lines, format_bytes(r.size) if r.size
+                 else "", r.reason] for r in self.sources(kb_name)]
+
+    def delete_source(self, kb_name: str, path: str) -> SourceRecord:
+        if not path:
+            raise ValueError("pick a source to delete")
+        return self.kb(kb_name).delete_source(path)
+
+    def read_source(self, kb_name: str, path: str, start: int, end: int) -> str:
+        return self.kb(kb_name).read_lines(path, start, end)
+
+    # ----- retrieve and answer -------------------------------------------------------------------
+    def search(self, kb_name: str, query: str, cfg: RetrievalConfig | None = None
+               ) -> SearchResult:
+        kb = self.kb(kb_name)
+        cfg = cfg or RetrievalConfig()
+        rerank = self._rerank_fn() if cfg.rerank else None
+        if cfg.rerank and rerank is None:
+            raise ValueError(self.reranker_status()[1])
+        return search(kb, query, cfg, lambda q: self.encode(kb, [q])[0], rerank)
+
+    def answer_stream(self, kb_name: str, question: str, history: list[dict[str, Any]] | None,
+                      rcfg: RetrievalConfig | None = None, acfg: AnswerConfig | None = None,
+                      stop_event: threading.Event | None = None) -> Iterator[AnswerEvent]:
+        if not (question or "").strip():
+            raise ValueError("ask a question first")
+        self.kb(kb_name)
+        rcfg = rcfg or RetrievalConfig()
+        return answer_stream(self.chat_engine(), question, history or [],
+                             lambda q: self.search(kb_name, q, rcfg),
+                             lambda p, s, e: self.read_source(kb_name, p, s, e),
+                             acfg or AnswerConfig(), stop_event)
+
+    def answer(self, kb_name: str, question: str, history: list[dict[str, Any]] | None = None,
+               rcfg: RetrievalConfig | None = None, acfg: AnswerConfig | None = None) -> Answer:
+        final = None
+        for ev in self.answer_stream(kb_name, question, history, rcfg, acfg):
+            if ev.kind == "done":
+                final = ev.answer
+        assert final is not None
+        return final
+
+    # ----- evaluation -----------------------------------------------------------------------------
+    def eval_dir(self, kb_name: str) -> Path:
+        return self.kb(kb_name).dir / "evals"
+
+    def generate_qa(self, kb_name: str, n: int = 10, seed: int = 0) -> tuple[list[QAItem], Path]:
+        """Questions written by the LLM from sampled chunks; saved as JSONL to review."""
+        from studio.llm import GenerationSettings
+
+        kb = self.kb(kb_name)
+        got = kb.collection.get(include=["documents", "metadatas"], limit=500)
+        chunks = [(m["path"], d) for d, m in zip(got["documents"], got["metadatas"], strict=True)]
+        if not chunks:
+            raise ValueError("the knowledge base is empty; ingest some notes first")
+        engine = self.chat_engine()
+        gen = GenerationSettings(max_new_tokens=96, temperature=0.0, seed=seed)
+        items = generate_qa(lambda p: engine.chat([{"role": "user", "content": p}], gen).text,
+                            chunks, n, seed)
+        path = self.eval_dir(kb_name) / f"qa-generated-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(qa_jsonl(items))
+        return items, path
+
+    def evaluate(self, kb_name: str, qa_path: str | None = None, generate_n: int = 0,
+                 k: int = 3, answers: bool = False,
+                 progress: Callable[[int, int, str], None] | None = None) -> EvalRun:
+        """Run an evaluation from an uploaded JSONL QA set, or `generate_n` generated questions,
+        and save it."""
+        self.kb(kb_name)
+        if qa_path:
+            items = parse_qa_jsonl(Path(qa_path).read_text(encoding="utf-8"))
+            origin = Path(qa_path).name
+        elif generate_n > 0:
+            items, saved = self.generate_qa(kb_name, generate_n)
+            origin = f"generated by the LLM ({saved.name})"
+        else:
+            raise ValueError("upload a QA set (JSONL) or ask for generated questions")
+        rerank_ok = self.reranker_status()[0]
+        best = "hybrid + rerank" if rerank_ok else "hybrid"
+        answer_fn = None
+        if answers:
+            rcfg = RetrievalConfig(top_k=k, hybrid=True, rerank=rerank_ok)
+            answer_fn = lambda q: self.answer(kb_name, q, None, rcfg)  # noqa: E731
+        run = evaluate(items, lambda cfg: (lambda q: self.search(kb_name, q, cfg)), k, rerank_ok,
+                       answer_fn, best, progress, origin)
+        save_run(self.eval_dir(kb_name), run)
+        return run
+
+    def eval_runs(self, kb_name: str) -> list[EvalRun]:
+        return load_runs(self.eval_dir(kb_name))

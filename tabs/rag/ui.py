@@ -1,0 +1,386 @@
+"""The RAG tab: Chat | Sources | Evaluate. Thin: widget values to `RagService` calls, plain
+results to widgets, logic errors to `gr.Error`.
+
+Scriptable with gradio_client through ``rag_create_kb``, ``rag_ingest``, ``rag_sources``,
+``rag_delete_source``, ``rag_search``, ``rag_ask``, ``rag_set_reranker`` and ``rag_eval``.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio.llm import LLMError
+from studio.models import BudgetExceeded
+from studio.ui.widgets import job_panel
+from tabs.rag.answer import link_citations
+from tabs.rag.config import KIND, AnswerConfig, RetrievalConfig
+from tabs.rag.evaluation import chart_rows, rows_table
+from tabs.rag.ingest import IngestResult
+from tabs.rag.retrieval import Hit
+from tabs.rag.service import SOURCE_HEADERS, RagService, get_service
+
+EVAL_HEADERS = ["configuration", "hit@k", "MRR", "ROUGE-L", "rubric", "questions"]
+MODES = [("auto (big inputs become a job)", "auto"), ("now, in this request", "now"),
+         ("background job", "job")]
+EMPTY_SOURCES = "<p class='rag-empty'>The passages an answer uses appear here.</p>"
+
+
+def _err(exc: Exception) -> gr.Error:
+    return gr.Error(str(exc.args[0] if exc.args else exc))
+
+
+# ----- formatting ------------------------------------------------------------------------------
+def sources_html(hits: list[Hit], cited: list[int] | None = None) -> str:
+    """The side panel: numbered passages with path and lines; cited ones marked."""
+    if not hits:
+        return EMPTY_SOURCES
+    parts = []
+    for n, h in enumerate(hits, 1):
+        c = h.chunk
+        mark = " ✓ cited" if cited and n in cited else ""
+        head = f" · {html.escape(c.heading)}" if c.heading else ""
+        parts.append(
+            f"<div class='rag-src' id='rag-src-{n}'><b>[{n}]</b> <code>{html.escape(c.path)}"
+            f":{c.start_line}-{c.end_line}</code>{head}"
+            f" <small>(similarity {h.similarity:.2f}{mark})</small>"
+            f"<details{' open' if n <= 3 else ''}><summary>passage</summary>"
+            f"<pre style='white-space:pre-wrap'>{html.escape(c.text)}</pre></details></div>")
+    return "\n".join(parts)
+
+
+def _sources_footer(hits: list[Hit], cited: list[int]) -> str:
+    items = [f"[{n}] `{hits[n - 1].chunk.where}`" for n in cited if 0 < n <= len(hits)]
+    return "\n\n**Sources:** " + " · ".join(items) if items else ""
+
+
+def _ingest_md(res: IngestResult) -> str:
+    if res.run_id:
+        return (f"Started background ingest **{res.run_id}**; follow it below. Its files are "
+                "added to the index when it finishes.")
+    lines = [f"Indexed **{len(res.indexed)}** file(s) ({res.chunks} chunks) in "
+             f"{res.seconds:.1f} s; {len(res.unchanged)} unchanged; {len(res.skipped)} skipped"]
+    if res.removed:
+        lines.append(f"; removed {len(res.removed)} no longer in the folder")
+    return "".join(lines) + "."
+
+
+def _sources_update(svc: RagService, kb: str | None) -> tuple[Any, Any]:
+    """The sources table and the delete picker's choices for `kb`."""
+    if not kb or kb not in svc.list_kbs():
+        return pd.DataFrame(columns=SOURCE_HEADERS), gr.update(choices=[], value=None)
+    rows = svc.source_rows(kb)
+    return (pd.DataFrame(rows, columns=SOURCE_HEADERS),
+            gr.update(choices=[r[0] for r in rows], value=None))
+
+
+def _eval_outputs(svc: RagService, kb: str | None) -> tuple[Any, Any, Any]:
+    """Latest run's table and bars, and hit@k across runs."""
+    empty = pd.DataFrame(columns=EVAL_HEADERS)
+    if not kb or kb not in svc.list_kbs():
+        return empty, None, None
+    runs = svc.eval_runs(kb)
+    if not runs:
+        return empty, None, None
+    latest = runs[-1]
+    bars = pd.DataFrame(chart_rows([latest]))
+    bars["bar"] = bars["metric"] + " · " + bars["config"]
+    hist = pd.DataFrame([r for r in chart_rows(runs) if r["metric"].startswith("hit@")])
+    return pd.DataFrame(rows_table(latest), columns=EVAL_HEADERS), bars, hist
+
+
+# ----- the tab ---------------------------------------------------------------------------------
+def build_ui(studio: Any) -> None:
+    """The tab's widgets and handlers; called inside ``with gr.Tab(TITLE):``."""
+    svc = get_service(studio)
+    kbs = svc.list_kbs()
+    rerank_ok, rerank_note = svc.reranker_status()
+    stops: dict[str, threading.Event] = {}
+
+    gr.Markdown("Ask questions about your own notes, docs and code. Answers cite the passages "
+                "they come from; when nothing relevant is found the answer says so.")
+    with gr.Row():
+        kb = gr.Dropdown(label="Knowledge base", choices=kbs, value=kbs[0] if kbs else None,
+                         allow_custom_value=True, scale=3)
+        new_name = gr.Textbox(label="New knowledge base", placeholder="my-notes", scale=2)
+        create_btn = gr.Button("Create", scale=1)
+
+    with gr.Tabs():
+        # ----- chat ---------------------------------------------------------------------------
+        with gr.Tab("Chat"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    chatbot = gr.Chatbot(label="Chat with your notes", height=460,
+                                         elem_id="rag-chat")
+                    question = gr.Textbox(label="Question", lines=1,
+                                          placeholder="What did I write about ...?")
+                    with gr.Row():
+                        ask_btn = gr.Button("Ask", variant="primary")
+                        search_btn = gr.Button("Only search")
+                        stop_btn = gr.Button("Stop", variant="stop")
+                        clear_btn = gr.Button("New conversation")
+                    with gr.Accordion("Retrieval and answer settings", open=False):
+                        with gr.Row():
+                            top_k = gr.Slider(1, 12, value=RetrievalConfig.top_k, step=1,
+                                              label="Passages (top-k)")
+                            hybrid = gr.Checkbox(value=True, label="Hybrid (vector + BM25)")
+                            rerank = gr.Checkbox(value=rerank_ok, label="Cross-encoder reranker",
+                                                 interactive=rerank_ok, info=rerank_note)
+                        with gr.Row():
+                            reranker_dir = gr.Textbox(
+                                label="Reranker (local cross-encoder folder or hub id)",
+                                value=svc.reranker_source or "", scale=4)
+                            reranker_btn = gr.Button("Use reranker", scale=1)
+                        with gr.Row():
+                            tools = gr.Checkbox(value=False, label=(
+                                "Let the model call tools (search_notes, read_source)"))
+                            max_new = gr.Slider(16, 1024, value=AnswerConfig.max_new_tokens,
+                                                step=16, label="Max new tokens")
+                            temperature = gr.Slider(0, 1.5, value=0.0, step=0.05,
+                                                    label="Temperature")
+                with gr.Column(scale=2):
+                    gr.Markdown("### Sources")
+                    panel_html = gr.HTML(EMPTY_SOURCES, elem_id="rag-sources")
+                    with gr.Accordion("Answer details (JSON)", open=False):
+                        answer_json = gr.JSON(label="answer")
+
+        # ----- sources --------------------------------------------------------------------------
+        with gr.Tab("Sources") as sources_tab:
+            with gr.Row():
+                with gr.Column(scale=2):
+                    files = gr.File(label="Files or zips", file_count="multiple",
+                                    type="filepath")
+                    folder = gr.Textbox(label="Or a folder under the studio home",
+                                        placeholder="notes", info=f"relative to "
+                                        f"{studio.settings.home}, or an absolute path inside it")
+                    mode = gr.Radio(MODES, value="auto", label="Run")
+                    ingest_btn = gr.Button("Ingest", variant="primary")
+                    ingest_md = gr.Markdown()
+                    skipped_df = gr.Dataframe(headers=["file", "reason skipped"],
+                                              label="Skipped files", interactive=False,
+                                              wrap=True)
+                with gr.Column(scale=3):
+                    sources_df = gr.Dataframe(headers=SOURCE_HEADERS, label="Sources",
+                                              interactive=False, wrap=True)
+                    with gr.Row():
+                        del_path = gr.Dropdown(label="Source", choices=[], scale=4,
+                                               allow_custom_value=True)
+                        del_btn = gr.Button("Delete source", variant="stop", scale=1)
+                        refresh_btn = gr.Button("Refresh", scale=1)
+                    del_md = gr.Markdown()
+            gr.Markdown("### Background ingests")
+            panel = job_panel(studio, kind=KIND, plot_keys=("chunks_per_s",))
+
+        # ----- evaluate -------------------------------------------------------------------------
+        with gr.Tab("Evaluate") as eval_tab:
+            gr.Markdown("Measure retrieval (hit@k, MRR) with and without hybrid search and the "
+                        "reranker, and optionally answers (ROUGE-L, rubric), on a QA set. Each "
+                        "run is saved, so you can see whether a change helped. JSONL lines: "
+                        '`{"question": ..., "expected_answer": ..., "expected_source": '
+                        '"notes/setup.md"}`.')
+            with gr.Row():
+                qa_file = gr.File(label="QA set (JSONL)", type="filepath",
+                                  file_types=[".jsonl", ".json", ".txt"])
+                with gr.Column():
+                    gen_n = gr.Number(value=0, precision=0, minimum=0, maximum=200,
+                                      label="Or generate this many questions with the LLM")
+                    eval_k = gr.Slider(1, 10, value=3, step=1, label="k (hit@k)")
+                    eval_answers = gr.Checkbox(value=False, label=(
+                        "Also answer each question (ROUGE-L and rubric; slower)"))
+                    eval_btn = gr.Button("Run evaluation", variant="primary")
+            eval_md = gr.Markdown()
+            eval_table = gr.Dataframe(headers=EVAL_HEADERS, label="Latest run",
+                                      interactive=False)
+            with gr.Row():
+                eval_bars = gr.BarPlot(x="bar", y="value", color="config",
+                                       title="Latest run", height=300, x_label_angle=-30,
+                                       y_lim=[0, 1])
+                eval_hist = gr.LinePlot(x="run", y="value", color="config",
+                                        title="hit@k across runs", height=300, y_lim=[0, 1])
+
+    # ----- handlers ---------------------------------------------------------------------------
+    def create(name: str):
+        try:
+            created = svc.create_kb(name)
+        except ValueError as e:
+            raise _err(e) from None
+        return gr.update(choices=svc.list_kbs(), value=created.name), ""
+
+    def kb_changed(name: str | None):
+        table, picker = _sources_update(svc, name)
+        return (table, picker, *_eval_outputs(svc, name))
+
+    def ingest(name: str | None, paths: list[str] | None, folder_text: str, how: str,
+               progress=gr.Progress()):  # noqa: B008
+        if not name:
+            raise gr.Error("Pick or name a knowledge base first.")
+        background = {"auto": None, "now": False, "job": True}.get(how)
+
+        def report(done: int, total: int, msg: str) -> None:
+            progress((done, total), desc=msg)
+
+        try:
+            res = svc.ingest(name, paths or [], folder_text, background, report)
+        except (ValueError, BudgetExceeded) as e:
+            raise _err(e) from None
+        table, picker = _sources_update(svc, name)
+        skipped = pd.DataFrame(res.skipped, columns=["file", "reason skipped"])
+        run_update = panel.select(res.run_id, studio) if res.run_id else gr.update()
+        return (_ingest_md(res), skipped, table, picker, run_update,
+                gr.update(choices=svc.list_kbs(), value=name))
+
+    def list_sources(name: str | None):
+        try:
+            return _sources_update(svc, name)[0]
+        except ValueError as e:
+            raise _err(e) from None
+
+    def delete_source(name: str | None, path: str | None):
+        try:
+            rec = svc.delete_source(name, path or "")
+        except ValueError as e:
+            raise _err(e) from None
+        table, picker = _sources_update(svc, name)
+        return f"Deleted **{rec.path}** ({rec.chunks} chunks).", table, picker
+
+    def poll_jobs(name: str | None):
+        applied = svc.sync_jobs()
+        if not applied:
+            return gr.update(), gr.update()
+        for res in applied:
+            gr.Info(f"Background ingest {res.run_id}: indexed {len(res.indexed)} file(s), "
+                    f"{res.chunks} chunks; {len(res.skipped)} skipped.")
+        return _sources_update(svc, name)
+
+    def set_reranker(source: str):
+        try:
+            svc.set_reranker(source)
+        except ValueError as e:
+            raise _err(e) from None
+        ok, note = svc.reranker_status()
+        return gr.update(interactive=ok, value=ok, info=note)
+
+    def rcfg(k: float, hyb: bool, rr: bool) -> RetrievalConfig:
+        return RetrievalConfig(top_k=int(k), hybrid=bool(hyb), rerank=bool(rr))
+
+    def search_only(name: str | None, q: str, k: float, hyb: bool, rr: bool):
+        try:
+            res = svc.search(name, q, rcfg(k, hyb, rr))
+        except (ValueError, BudgetExceeded) as e:
+            raise _err(e) from None
+        data = {"query": res.query, "timings_ms": res.timings_ms,
+                "sources": [dict(h.as_dict(), n=i) for i, h in enumerate(res.hits, 1)]}
+        return sources_html(res.hits), data
+
+    def ask(name: str | None, q: str, history: list[dict[str, Any]] | None, k: float,
+            hyb: bool, rr: bool, use_tools: bool, max_tokens: float, temp: float,
+            request: gr.Request = None) -> Iterator[tuple[Any, ...]]:
+        if not (q or "").strip():
+            raise gr.Error("Type a question first.")
+        history = list(history or [])
+        stop = threading.Event()
+        sid = getattr(request, "session_hash", None) or "script"
+        stops[sid] = stop
+        acfg = AnswerConfig(max_new_tokens=int(max_tokens), temperature=float(temp),
+                            use_tools=bool(use_tools))
+        try:
+            events = svc.answer_stream(name, q, history, rcfg(k, hyb, rr), acfg, stop)
+        except (ValueError, BudgetExceeded, LLMError) as e:
+            raise _err(e) from None
+        chat = history + [{"role": "user", "content": q}]
+        reply = {"role": "assistant", "content": ""}
+        hits: list[Hit] = []
+        panel_value = EMPTY_SOURCES
+        try:
+            for ev in events:
+                if ev.kind == "sources":
+                    hits = ev.hits
+                    panel_value = sources_html(hits)
+                elif ev.kind == "text":
+                    reply["content"] += ev.text
+                elif ev.kind == "tool_call":
+                    call = ev.tool_call
+                    args = ", ".join(f"{a}={v!r}" for a, v in call.arguments.items())
+                    body = call.error or (call.result or "")
+                    chat.append({"role": "assistant", "content": body[:1500],
+                                 "metadata": {"title": f"🔧 {call.name}({args})"}})
+                    reply["content"] = ""  # text before the call was the model thinking
+                elif ev.kind == "notice":
+                    gr.Warning(ev.text)
+                elif ev.kind == "done":
+                    ans = ev.answer
+                    hits = ans.hits
+                    reply["content"] = link_citations(ans.text) + \
+                        _sources_footer(hits, ans.citations)
+                    if ans.attributed:
+                        reply["content"] += " *(citation matched after the answer)*"
+                    yield (chat + [reply], "", sources_html(hits, ans.citations),
+                           ans.as_dict())
+                    return
+                yield chat + [reply], "", panel_value, None
+        except (ValueError, BudgetExceeded, LLMError) as e:
+            raise _err(e) from None
+        finally:
+            stops.pop(sid, None)
+
+    def stop_answer(request: gr.Request = None):
+        ev = stops.get(getattr(request, "session_hash", None) or "script")
+        if ev is not None:
+            ev.set()
+
+    def run_eval(name: str | None, qa: str | None, n: float, k: float, with_answers: bool,
+                 progress=gr.Progress()):  # noqa: B008
+        def report(done: int, total: int, msg: str) -> None:
+            progress((done, total), desc=msg)
+
+        try:
+            run = svc.evaluate(name, qa, int(n or 0), int(k), bool(with_answers), report)
+        except (ValueError, BudgetExceeded, LLMError) as e:
+            raise _err(e) from None
+        md = (f"Run **{run.id}**: {len(run.items)} questions ({run.qa_source}), k={run.k}. "
+              + " ".join(run.notes))
+        return (md, *_eval_outputs(svc, name))
+
+    # ----- wiring -----------------------------------------------------------------------------
+    create_btn.click(create, inputs=[new_name], outputs=[kb, new_name], api_name="rag_create_kb")
+    kb.focus(lambda: gr.update(choices=svc.list_kbs()), outputs=[kb],  # made elsewhere
+             api_visibility="private", queue=False)
+    # The tables follow the knowledge base, also when a tab is opened (another session, a job,
+    # or a reload may have changed them since the page was built).
+    sources_tab.select(lambda name: _sources_update(svc, name), inputs=[kb],
+                       outputs=[sources_df, del_path], api_visibility="private")
+    eval_tab.select(lambda name: _eval_outputs(svc, name), inputs=[kb],
+                    outputs=[eval_table, eval_bars, eval_hist], api_visibility="private")
+    kb.change(kb_changed, inputs=[kb],
+              outputs=[sources_df, del_path, eval_table, eval_bars, eval_hist],
+              api_visibility="private")
+    ingest_btn.click(ingest, inputs=[kb, files, folder, mode],
+                     outputs=[ingest_md, skipped_df, sources_df, del_path, panel.run_picker, kb],
+                     api_name="rag_ingest", concurrency_id="gpu")
+    refresh_btn.click(list_sources, inputs=[kb], outputs=[sources_df], api_name="rag_sources")
+    del_btn.click(delete_source, inputs=[kb, del_path], outputs=[del_md, sources_df, del_path],
+                  api_name="rag_delete_source")
+    gr.Timer(3.0).tick(poll_jobs, inputs=[kb], outputs=[sources_df, del_path],
+                       api_visibility="private", show_progress="hidden")
+    reranker_btn.click(set_reranker, inputs=[reranker_dir], outputs=[rerank],
+                       api_name="rag_set_reranker")
+    search_btn.click(search_only, inputs=[kb, question, top_k, hybrid, rerank],
+                     outputs=[panel_html, answer_json], api_name="rag_search",
+                     concurrency_id="gpu")
+    ask_inputs = [kb, question, chatbot, top_k, hybrid, rerank, tools, max_new, temperature]
+    ask_outputs = [chatbot, question, panel_html, answer_json]
+    ask_btn.click(ask, inputs=ask_inputs, outputs=ask_outputs, api_name="rag_ask",
+                  concurrency_id="gpu")
+    question.submit(ask, inputs=ask_inputs, outputs=ask_outputs, api_visibility="private",
+                    concurrency_id="gpu")
+    stop_btn.click(stop_answer, api_visibility="private", queue=False)
+    clear_btn.click(lambda: ([], EMPTY_SOURCES, None), outputs=[chatbot, panel_html, answer_json],
+                    api_visibility="private", queue=False)
+    eval_btn.click(run_eval, inputs=[kb, qa_file, gen_n, eval_k, eval_answers],
+                   outputs=[eval_md, eval_table, eval_bars, eval_hist], api_name="rag_eval",
+                   concurrency_id="gpu")
