@@ -1,0 +1,48 @@
+"""Settings of one transcription, with defaults; the UI builds one of these from its widgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODEL_SIZES = ("tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium",
+               "medium.en", "large-v2", "large-v3", "large-v3-turbo")
+COMPUTE_TYPES = ("int8", "int8_float16", "float16")
+ENGINES = ("auto", "faster-whisper", "transformers")
+
+
+@dataclass
+class TranscribeConfig:
+    """What to run and how. ``model`` is a size name (from the hub), a local CTranslate2 folder
+    (faster-whisper) or a local transformers Whisper folder; empty = the profile's choice."""
+
+    model: str = ""
+    engine: str = "auto"
+    compute_type: str = "int8"
+    language: str | None = None  # None = detect
+    beam_size: int = 5
+    initial_prompt: str = ""
+    hotwords: str = ""
+    vad: bool = True
+    word_timestamps: bool = True
+    diarize: bool = True
+    num_speakers: int | None = None  # exact count, or None = auto within min/max
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    batch_size: int = 8  # transformers engine: 30 s chunks per forward pass
+
+    def validate(self) -> TranscribeConfig:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; one of {', '.join(ENGINES)}")
+        if self.compute_type not in COMPUTE_TYPES:
+            raise ValueError(f"compute type must be one of {', '.join(COMPUTE_TYPES)}")
+        if not 1 <= self.beam_size <= 20:
+            raise ValueError("beam size must be between 1 and 20")
+        if self.language in ("", "auto"):
+            self.language = None
+        for name in ("num_speakers", "min_speakers", "max_speakers"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            raise ValueError("min speakers is more than max speakers")
+        return self

@@ -1,0 +1,281 @@
+"""Two ASR engines behind one interface, loaded through the studio's model manager.
+
+- `FasterWhisperEngine`: CTranslate2 (int8 on CPU, float16/int8_float16 on CUDA 12), Silero VAD,
+  word timestamps with probabilities. The default wherever CTranslate2 can run.
+- `TransformersWhisperEngine`: transformers Whisper in fp16 with SDPA, long audio in batched
+  30 s chunks. For GPUs where CTranslate2's CUDA 12 build cannot run (a CUDA 13-only machine).
+
+`choose_engine` picks one and says why; the tab shows that line.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tabs.whisper.audio import SAMPLE_RATE
+from tabs.whisper.config import MODEL_SIZES, TranscribeConfig
+from tabs.whisper.transcript import Segment, Word
+
+Progress = Callable[[float, float], None]  # (seconds done, seconds total)
+
+# Rough fp16 weight sizes, used only as the manager's first-load hint.
+_SIZE_BYTES = {"tiny": 80e6, "base": 150e6, "small": 500e6, "medium": 1.6e9, "large": 3.2e9,
+               "turbo": 1.7e9}
+
+
+@dataclass
+class EngineResult:
+    """Raw engine output: timed words (if asked) and the engine's own segments."""
+
+    words: list[Word]
+    segments: list[Segment]
+    language: str
+    duration: float
+    stopped_at: float | None = None  # seconds reached when Stop was pressed
+    notes: list[str] = field(default_factory=list)
+
+
+def estimate_bytes(model: str) -> int:
+    name = Path(model).name.lower()
+    for key in ("turbo", "large", "medium", "small", "base", "tiny"):
+        if key in name:
+            return int(_SIZE_BYTES[key])
+    return int(_SIZE_BYTES["small"])
+
+
+def model_format(model: str) -> str:
+    """``ct2`` (CTranslate2 folder), ``hf`` (transformers folder) or ``size`` (hub name)."""
+    p = Path(model)
+    if p.is_dir():
+        if (p / "model.bin").exists():
+            return "ct2"
+        cfg = p / "config.json"
+        if cfg.exists() and json.loads(cfg.read_text()).get("model_type") == "whisper":
+            return "hf"
+        raise ValueError(f"{model} is neither a CTranslate2 Whisper folder (model.bin) nor a "
+                         "transformers Whisper folder (config.json with model_type whisper)")
+    if model in MODEL_SIZES or "/" in model:
+        return "size"
+    raise ValueError(f"unknown Whisper model {model!r}: use a size ({', '.join(MODEL_SIZES)}),"
+                     " a hub id or a local folder")
+
+
+def ctranslate2_cuda_problem() -> str | None:
+    """Why CTranslate2 cannot use the GPU here, or None when it can."""
+    import ctypes
+
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() == 0:
+        return "CTranslate2 sees no CUDA device"
+    for lib in ("libcublas.so.12", "cublas64_12.dll"):
+        try:
+            ctypes.CDLL(lib)
+            return None
+        except OSError:
+            continue
+    try:  # pip's nvidia-cublas-cu12 wheel
+        import nvidia.cublas  # noqa: F401
+
+        return None
+    except ImportError:
+        return "CTranslate2 links CUDA 12 cuBLAS, which this machine lacks"
+
+
+def choose_engine(requested: str, device: str, model: str) -> tuple[str, str]:
+    """(engine name, one line saying why) for this device and model."""
+    fmt = model_format(model)
+    if requested != "auto":
+        if requested == "transformers" and fmt == "ct2":
+            raise ValueError("the transformers engine needs a transformers Whisper folder or a "
+                             "hub size; this folder is a CTranslate2 model")
+        if requested == "faster-whisper" and fmt == "hf":
+            raise ValueError("faster-whisper needs a CTranslate2 folder or a size name; this "
+                             "folder is a transformers model")
+        return requested, f"{requested} (chosen by you)"
+    if fmt == "hf":
+        return "transformers", "transformers (the model is a transformers folder)"
+    if device == "cuda":
+        problem = ctranslate2_cuda_problem()
+        if problem and fmt == "ct2":
+            return "faster-whisper", f"faster-whisper on CPU ({problem}; model is CTranslate2)"
+        if problem:
+            return "transformers", f"transformers fp16 + SDPA on the GPU ({problem})"
+        return "faster-whisper", "faster-whisper on the GPU (CTranslate2 CUDA)"
+    return "faster-whisper", "faster-whisper int8 on the CPU"
+
+
+class FasterWhisperEngine:
+    name = "faster-whisper"
+
+    def __init__(self, studio: Any, model: str, compute_type: str = "int8",
+                 device: str | None = None):
+        self.studio = studio
+        self.model = model
+        self.device = device or studio.device
+        if self.device == "cuda" and ctranslate2_cuda_problem():
+            self.device = "cpu"
+        self.compute_type = self._supported(compute_type)
+        self.key = f"whisper:ct2:{model}:{self.device}:{self.compute_type}"
+
+    def _supported(self, compute_type: str) -> str:
+        import ctranslate2
+
+        types = ctranslate2.get_supported_compute_types(self.device)
+        if compute_type in types:
+            return compute_type
+        return "int8" if "int8" in types else "float32"
+
+    def _load(self, device: str) -> Any:
+        from faster_whisper import WhisperModel
+
+        offline = bool(getattr(self.studio.settings, "offline", False))
+        return WhisperModel(self.model, device=self.device, compute_type=self.compute_type,
+                            local_files_only=offline,
+                            download_root=str(Path(self.studio.settings.cache_dir) / "whisper"))
+
+    def register(self) -> str:
+        from studio.models import ModelSpec
+
+        if not self.studio.models.is_registered(self.key):
+            est = estimate_bytes(self.model) // (2 if "int8" in self.compute_type else 1)
+            self.studio.models.register(ModelSpec(
+                key=self.key, load=self._load, title=f"Whisper {Path(self.model).name} "
+                f"({self.compute_type}, CTranslate2)", estimate=est if self.device == "cuda"
+                else 0, reserve=est // 4 if self.device == "cuda" else 0))
+        return self.key
+
+    def transcribe(self, audio: np.ndarray, cfg: TranscribeConfig,
+                   progress: Progress | None = None,
+                   stop: threading.Event | None = None) -> EngineResult:
+        duration = len(audio) / SAMPLE_RATE
+        with self.studio.models.use(self.register()) as wm:
+            if not wm.model.is_multilingual and cfg.language not in (None, "en"):
+                raise ValueError(f"{Path(self.model).name} is an English-only model; it "
+                                 f"cannot transcribe language {cfg.language!r}")
+            segments, info = wm.transcribe(
+                audio, language=cfg.language, beam_size=cfg.beam_size,
+                initial_prompt=cfg.initial_prompt or None, hotwords=cfg.hotwords or None,
+                vad_filter=cfg.vad, word_timestamps=cfg.word_timestamps,
+                condition_on_previous_text=False)
+            res = EngineResult([], [], info.language, duration)
+            for s in segments:  # a generator: decoding happens while we iterate
+                words = [Word(w.start, w.end, w.word, round(w.probability, 4))
+                         for w in (s.words or [])]
+                res.words += words
+                conf = (round(sum(w.probability for w in words) / len(words), 4) if words
+                        else round(float(np.exp(s.avg_logprob)), 4))
+                res.segments.append(Segment(s.start, s.end, s.text.strip(), None, words, conf))
+                if progress:
+                    progress(min(s.end, duration), duration)
+                if stop is not None and stop.is_set():
+                    res.stopped_at = s.end
+                    break
+        return res
+
+
+def hub_id(model: str) -> str:
+    """A size name to the openai/whisper-* repository the transformers engine loads."""
+    return model if "/" in model or Path(model).is_dir() else f"openai/whisper-{model}"
+
+
+class TransformersWhisperEngine:
+    name = "transformers"
+
+    def __init__(self, studio: Any, model: str, device: str | None = None):
+        self.studio = studio
+        self.model = hub_id(model)
+        self.device = device or studio.device
+        self.key = f"whisper:hf:{self.model}:{self.device}"
+
+    def _load(self, device: str) -> Any:
+        import torch
+        from transformers import AutoProcessor, WhisperForConditionalGeneration, pipeline
+
+        dtype = torch.float16 if self.device == "cuda" else torch.float32
+        offline = bool(getattr(self.studio.settings, "offline", False))
+        model = WhisperForConditionalGeneration.from_pretrained(
+            self.model, dtype=dtype, attn_implementation="sdpa", local_files_only=offline)
+        proc = AutoProcessor.from_pretrained(self.model, local_files_only=offline)
+        return pipeline("automatic-speech-recognition", model=model.to(self.device).eval(),
+                        tokenizer=proc.tokenizer, feature_extractor=proc.feature_extractor,
+                        device=self.device, dtype=dtype)
+
+    def register(self) -> str:
+        from studio.models import ModelSpec
+
+        if not self.studio.models.is_registered(self.key):
+            est = estimate_bytes(self.model)
+            self.studio.models.register(ModelSpec(
+                key=self.key, load=self._load, title=f"Whisper {Path(self.model).name} "
+                "(transformers)", estimate=est if self.device == "cuda" else 0,
+                reserve=est // 2 if self.device == "cuda" else 0))
+        return self.key
+
+    def transcribe(self, audio: np.ndarray, cfg: TranscribeConfig,
+                   progress: Progress | None = None,
+                   stop: threading.Event | None = None) -> EngineResult:
+        """Windows of `batch_size` x 30 s go through the pipeline one at a time, so Stop and
+        progress work between windows; inside a window the chunks run as one batch."""
+        duration = len(audio) / SAMPLE_RATE
+        window = cfg.batch_size * 30 * SAMPLE_RATE
+        res = EngineResult([], [], cfg.language or "", duration)
+        if cfg.vad or cfg.hotwords:
+            res.notes.append("the transformers engine has no VAD or hotwords; they were skipped")
+        gen: dict[str, Any] = {"num_beams": cfg.beam_size, "task": "transcribe"}
+        with self.studio.models.use(self.register()) as pipe:
+            multilingual = getattr(pipe.model.generation_config, "is_multilingual", False)
+            if cfg.language and multilingual:
+                gen["language"] = cfg.language
+            elif cfg.language not in (None, "en"):
+                raise ValueError(f"{Path(self.model).name} is an English-only model; it "
+                                 f"cannot transcribe language {cfg.language!r}")
+            if not multilingual:
+                gen.pop("task")
+            if cfg.initial_prompt:
+                gen["prompt_ids"] = pipe.tokenizer.get_prompt_ids(
+                    cfg.initial_prompt, return_tensors="pt").to(pipe.device)
+            for start in range(0, len(audio), window):
+                part = audio[start:start + window]
+                offset = start / SAMPLE_RATE
+                out = pipe({"raw": part, "sampling_rate": SAMPLE_RATE}, chunk_length_s=30,
+                           batch_size=cfg.batch_size, generate_kwargs=gen,
+                           return_timestamps="word" if cfg.word_timestamps else True)
+                self._collect(out.get("chunks") or [], offset, cfg.word_timestamps,
+                              offset + len(part) / SAMPLE_RATE, res)
+                done = min(duration, offset + len(part) / SAMPLE_RATE)
+                if progress:
+                    progress(done, duration)
+                if stop is not None and stop.is_set() and done < duration:
+                    res.stopped_at = done
+                    break
+        return res
+
+    @staticmethod
+    def _collect(chunks: list[dict], offset: float, words: bool, end_of_window: float,
+                 res: EngineResult) -> None:
+        for c in chunks:
+            t0, t1 = c["timestamp"]
+            # a chunk may claim times past the audio (padding of the last 30 s window)
+            t0 = min(offset + (t0 or 0.0), end_of_window)
+            t1 = min(offset + t1, end_of_window) if t1 is not None else end_of_window
+            text = c["text"]
+            if words:
+                res.words.append(Word(t0, t1, text if text.startswith(" ") else " " + text))
+            elif text.strip():
+                res.segments.append(Segment(t0, t1, text.strip()))
+        if words:
+            res.segments = []
+
+
+def make_engine(name: str, studio: Any, cfg: TranscribeConfig, model: str) -> Any:
+    if name == "transformers":
+        return TransformersWhisperEngine(studio, model)
+    return FasterWhisperEngine(studio, model, cfg.compute_type)

@@ -1,0 +1,174 @@
+"""The Transcribe tab. Thin: widgets -> `TranscribeConfig` -> `WhisperService`, errors ->
+`gr.Error`. Scriptable with gradio_client through ``whisper_transcribe``, ``whisper_stop``,
+``whisper_rename``, ``whisper_export``, ``whisper_postedit`` and ``whisper_accept``.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from studio.llm import LLMError, ModelLoadError
+from studio.models import BudgetExceeded
+from tabs.whisper.audio import AUDIO_EXTS, VIDEO_EXTS
+from tabs.whisper.config import COMPUTE_TYPES, ENGINES, MODEL_SIZES, TranscribeConfig
+from tabs.whisper.formats import FORMATS, clock
+from tabs.whisper.postedit import diff_html
+from tabs.whisper.service import WhisperService, get_service
+from tabs.whisper.transcript import Transcript
+
+COLOURS = ["#2e86c1", "#c0392b", "#239b56", "#af7ac5", "#d68910", "#17a589", "#7f8c8d"]
+LANGUAGES = ["auto", "en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "zh", "ja", "ko"]
+EMPTY = "<p class='whisper-empty'>The transcript appears here.</p>"
+
+
+def _err(exc: Exception) -> gr.Error:
+    return gr.Error(str(exc.args[0] if exc.args else exc))
+
+
+def transcript_html(t: Transcript) -> str:
+    """Segments with timestamps, speaker names in a stable colour per speaker."""
+    if not t.segments:
+        return EMPTY
+    colour = {s: COLOURS[i % len(COLOURS)] for i, s in enumerate(t.speakers)}
+    rows = []
+    for s in t.segments:
+        who = t.name_of(s.speaker)
+        c = colour.get(s.speaker or "", "#555")
+        head = f"<b style='color:{c}'>{html.escape(who)}</b> " if who else ""
+        conf = f" title='confidence {s.confidence:.2f}'" if s.confidence is not None else ""
+        rows.append(f"<div class='whisper-seg' data-start='{s.start:.2f}'{conf}>"
+                    f"<code>{clock(s.start)}–{clock(s.end)}</code> {head}"
+                    f"{html.escape(s.text)}</div>")
+    return "\n".join(rows)
+
+
+def _notes_md(t: Transcript) -> str:
+    return "  \n".join(f"· {html.escape(n)}" for n in t.notes)
+
+
+def _config(model, engine, compute, language, beam, prompt, hotwords, vad, words, diarize,
+            num, lo, hi) -> TranscribeConfig:
+    return TranscribeConfig(
+        model=model or "", engine=engine, compute_type=compute, language=language or None,
+        beam_size=int(beam), initial_prompt=prompt or "", hotwords=hotwords or "", vad=bool(vad),
+        word_timestamps=bool(words), diarize=bool(diarize), num_speakers=int(num) or None,
+        min_speakers=int(lo) or None, max_speakers=int(hi) or None)
+
+
+def build_ui(studio: Any) -> None:
+    svc: WhisperService = get_service(studio)
+    choice = studio.choices.get("whisper")
+    default_model = choice.source if choice and choice.source else "large-v3"
+    exts = sorted(AUDIO_EXTS | VIDEO_EXTS)
+
+    gr.Markdown("Drop a recording (audio or video) or record one; get a transcript with "
+                "speakers, subtitles and an optional LLM clean-up.")
+    with gr.Row():
+        with gr.Column(scale=2):
+            upload = gr.File(label="Audio or video file", file_types=exts, type="filepath")
+            mic = gr.Audio(label="…or record", sources=["microphone"], type="filepath")
+            with gr.Accordion("Model and decoding", open=False):
+                model = gr.Dropdown([default_model, *MODEL_SIZES], value=default_model,
+                                    allow_custom_value=True, label="Model",
+                                    info="a size (downloaded from the hub) or a local folder")
+                engine = gr.Radio(list(ENGINES), value="auto", label="Engine")
+                compute = gr.Radio(list(COMPUTE_TYPES), value="int8", label="Compute type")
+                language = gr.Dropdown(LANGUAGES, value="auto", allow_custom_value=True,
+                                       label="Language")
+                beam = gr.Slider(1, 10, value=5, step=1, label="Beam size")
+                prompt = gr.Textbox(label="Initial prompt", placeholder="names, jargon, style")
+                hotwords = gr.Textbox(label="Hotwords")
+                vad = gr.Checkbox(value=True, label="Skip silence (Silero VAD)")
+                words = gr.Checkbox(value=True, label="Word timestamps")
+            with gr.Accordion("Speakers", open=False):
+                diarize = gr.Checkbox(value=True, label="Find speakers (pyannote)")
+                num = gr.Number(0, precision=0, label="Number of speakers (0 = auto)")
+                lo = gr.Number(0, precision=0, label="At least (0 = no bound)")
+                hi = gr.Number(0, precision=0, label="At most (0 = no bound)")
+                token = gr.Textbox(label="Hugging Face token", type="password")
+                dia_src = gr.Textbox(label="Diarization pipeline (hub id or local folder)",
+                                     placeholder="default: the profile's choice")
+            with gr.Row():
+                go = gr.Button("Transcribe", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=3):
+            notes = gr.Markdown()
+            view = gr.HTML(EMPTY)
+            tid = gr.Textbox(label="Transcript id", interactive=False)
+            with gr.Row():
+                speaker = gr.Dropdown([], label="Speaker", allow_custom_value=True)
+                new_name = gr.Textbox(label="New name")
+                rename = gr.Button("Rename")
+            with gr.Row():
+                fmt = gr.Dropdown(list(FORMATS), value="srt", label="Format")
+                export = gr.Button("Download")
+            out_file = gr.File(label="Export")
+            with gr.Accordion("LLM post-edit", open=False):
+                glossary = gr.Textbox(label="Glossary (names and terms, comma separated)")
+                with gr.Row():
+                    propose = gr.Button("Propose corrections")
+                    accept = gr.Button("Accept")
+                diff = gr.HTML()
+
+    def do_transcribe(file_path, mic_path, model, engine, compute, language, beam, prompt,
+                      hotwords, vad, words, diarize, num, lo, hi, hf_token, source,
+                      request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        path = file_path or mic_path
+        if not path:
+            raise gr.Error("Upload a file or record something first.")
+        flag = svc.stop_event(getattr(request, "session_hash", None) or "api", fresh=True)
+        try:
+            cfg = _config(model, engine, compute, language, beam, prompt, hotwords, vad, words,
+                          diarize, num or 0, lo or 0, hi or 0)
+            t = svc.transcribe(path, cfg, progress=lambda f, m: progress(f, desc=m), stop=flag,
+                               hf_token=hf_token or "", diarization_source=source or "")
+        except (ValueError, BudgetExceeded, RuntimeError) as e:
+            raise _err(e) from None
+        new_id = svc.save(t)
+        return (new_id, transcript_html(t), _notes_md(t),
+                gr.update(choices=[t.name_of(s) for s in t.speakers], value=None))
+
+    def do_stop(request: gr.Request) -> None:
+        svc.stop_event(getattr(request, "session_hash", None) or "api").set()
+
+    def do_rename(transcript_id, who, name):
+        try:
+            t = svc.rename(transcript_id, who or "", name or "")
+        except ValueError as e:
+            raise _err(e) from None
+        return (transcript_html(t),
+                gr.update(choices=[t.name_of(s) for s in t.speakers], value=None))
+
+    def do_export(transcript_id, f):
+        try:
+            return str(svc.export(transcript_id, f))
+        except ValueError as e:
+            raise _err(e) from None
+
+    def do_propose(transcript_id, gloss):
+        try:
+            edits = svc.propose(transcript_id, [g for g in (gloss or "").split(",")])
+        except (ValueError, LLMError, ModelLoadError, BudgetExceeded) as e:
+            raise _err(e) from None
+        return diff_html(edits)
+
+    def do_accept(transcript_id):
+        try:
+            t = svc.accept(transcript_id)
+        except ValueError as e:
+            raise _err(e) from None
+        return transcript_html(t), "<p>Accepted.</p>"
+
+    settings = [model, engine, compute, language, beam, prompt, hotwords, vad, words, diarize,
+                num, lo, hi, token, dia_src]
+    go.click(do_transcribe, [upload, mic, *settings], [tid, view, notes, speaker],
+             api_name="whisper_transcribe", concurrency_id="gpu")
+    stop.click(do_stop, None, None, api_name="whisper_stop", queue=False)
+    rename.click(do_rename, [tid, speaker, new_name], [view, speaker], api_name="whisper_rename")
+    export.click(do_export, [tid, fmt], out_file, api_name="whisper_export")
+    propose.click(do_propose, [tid, glossary], diff, api_name="whisper_postedit",
+                  concurrency_id="gpu")
+    accept.click(do_accept, [tid], [view, diff], api_name="whisper_accept")
