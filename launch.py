@@ -12,13 +12,13 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    from studio.config import settings_from_args
+    from studio.config import quiet_telemetry, settings_from_args
 
+    quiet_telemetry()
     settings = settings_from_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if settings.offline:
         os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", YOLO_OFFLINE="1")
 

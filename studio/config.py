@@ -33,6 +33,22 @@ _UNITS = {
 
 PROFILES = ("small", "full")
 
+# Libraries that report usage to their makers unless told not to. A local studio keeps quiet;
+# a user can still opt in by setting the variable themselves.
+TELEMETRY_OFF = {
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "ANONYMIZED_TELEMETRY": "False",  # chromadb
+    "PYANNOTE_METRICS_ENABLED": "0",  # pyannote.audio sends OpenTelemetry metrics otherwise
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+
+def quiet_telemetry(env: dict | None = None) -> None:
+    """Turn library telemetry off (before those libraries are imported)."""
+    target = os.environ if env is None else env
+    for k, v in TELEMETRY_OFF.items():
+        target.setdefault(k, v)
+
 
 def parse_size(text: str) -> int:
     """Parse a memory size such as ``12GiB``, ``11.5 GB`` or ``800MiB`` into bytes."""

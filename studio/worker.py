@@ -14,6 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from studio.config import quiet_telemetry
 from studio.reporting import Reporter
 
 
@@ -38,6 +39,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m studio.worker RUN_DIR", file=sys.stderr)
         return 2
+    quiet_telemetry()
     run_dir = Path(argv[0]).resolve()
     meta = json.loads((run_dir / "run.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())

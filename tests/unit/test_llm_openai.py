@@ -4,6 +4,7 @@ tool calls over the wire, Stop through a closed stream, and clear errors."""
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import pytest
@@ -98,15 +99,23 @@ def test_stop_closes_the_stream_and_the_server_stops(served):
     n = 0
     done = None
     long_ask = [{"role": "user", "content": "Tell me a very long story about Oslo."}]
-    for ev in remote.stream_chat(long_ask, GenerationSettings(temperature=1.0, seed=1,
-                                                              max_new_tokens=400),
-                                 stop_event=stop):
-        if ev.kind == "text":
-            n += 1
-            if n == 2:
-                stop.set()
-        elif ev.kind == "done":
-            done = ev
+    with local.studio.models.use(local.key) as llm:
+        # The tiny model writes ~1000 tokens/s and may end its story on its own within a few
+        # tokens; 30 ms per token makes sure the client's Stop reaches the server first.
+        slow = llm.model.get_input_embeddings().register_forward_pre_hook(
+            lambda *_: time.sleep(0.03))  # every decode path embeds each new token
+    try:
+        for ev in remote.stream_chat(long_ask, GenerationSettings(temperature=1.0, seed=1,
+                                                                  max_new_tokens=400),
+                                     stop_event=stop):
+            if ev.kind == "text":
+                n += 1
+                if n == 2:
+                    stop.set()
+            elif ev.kind == "done":
+                done = ev
+    finally:
+        slow.remove()
     assert done.stats.stopped
     # the server-side generation ended too, early, not after all 400 tokens
     llm = local.studio.models.get_loaded(local.key)
