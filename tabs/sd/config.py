@@ -57,6 +57,8 @@ class SDTrainConfig(JobConfig):
     lr_scheduler: str = _f("constant", "LR schedule", ", ".join(LR_SCHEDULES))
     lr_warmup_steps: int = _f(0, "Warmup steps")
     max_steps: int = _f(500, "Steps", "optimizer steps (each sees batch x accumulation images)")
+    epochs: int = _f(0, "Epochs", "0 = train for Steps; otherwise passes over the dataset, "
+                     "turned into steps when the job is queued")
     batch_size: int = _f(1, "Batch size")
     grad_accumulation: int = _f(1, "Gradient accumulation")
     gradient_checkpointing: str = _f("auto", "Gradient checkpointing",
@@ -92,6 +94,8 @@ class SDTrainConfig(JobConfig):
             raise ValueError("resolution must be a multiple of 8, at least 32")
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accumulation < 1:
             raise ValueError("steps, batch size and accumulation must be at least 1")
+        if self.epochs < 0:
+            raise ValueError("epochs cannot be negative (0 = train for Steps)")
         if self.lr_scheduler not in LR_SCHEDULES:
             raise ValueError(f"LR schedule must be one of {LR_SCHEDULES}")
         if self.mixed_precision not in PRECISIONS:
@@ -239,3 +243,9 @@ def plan_generation(arch: str, budget: int, device: str, width: int | None = Non
         plan.compile_unet = plan.channels_last = plan.fuse_qkv = True
     # SDXL in eager mode: channels-last measured 27% slower at 1024 (bench/results/sd.json).
     return plan
+
+
+def steps_for_epochs(epochs: int, n_images: int, batch_size: int, grad_accumulation: int) -> int:
+    """Optimizer steps that show every image `epochs` times (the last step may be partial)."""
+    per_step = batch_size * grad_accumulation
+    return max(1, -(-epochs * n_images // per_step))

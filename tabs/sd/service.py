@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tabs.sd import lora_io
-from tabs.sd.config import SDTrainConfig, TrainEstimate, estimate_training
+from tabs.sd.config import SDTrainConfig, TrainEstimate, estimate_training, steps_for_epochs
 from tabs.sd.dataset import PreparedDataset, load_dataset, prepare_dataset
 
 KIND = "sd"
@@ -46,12 +46,17 @@ def submit_training(studio: Any, cfg: SDTrainConfig) -> str:
     """Check the dataset and the memory, then queue the job. Returns the run id."""
     ds = load_dataset(Path(cfg.dataset_dir))
     cfg.dataset_hash = ds.hash
+    if cfg.epochs > 0:
+        cfg.max_steps = steps_for_epochs(cfg.epochs, len(ds.items), cfg.batch_size,
+                                         cfg.grad_accumulation)
     cfg, est = complete_config(studio, cfg)
     cuda = studio.probe.device == "cuda"
     if cuda and not est.fits:
         raise ValueError("this will not fit: " + est.describe() +
                          " Lower the resolution, batch or rank, or turn checkpointing on.")
-    title = f"SD LoRA {cfg.output_name} (r{cfg.rank}, {cfg.max_steps} steps, {len(ds.items)} img)"
+    length = f"{cfg.epochs} epochs = " if cfg.epochs > 0 else ""
+    title = (f"SD LoRA {cfg.output_name} (r{cfg.rank}, {length}{cfg.max_steps} steps, "
+             f"{len(ds.items)} img)")
     return studio.jobs.submit(kind=KIND, entry=ENTRY, config=cfg.to_dict(), title=title,
                               vram_bytes=est.total if cuda else 0,
                               dataset_hash=cfg.dataset_hash, seed=cfg.seed)

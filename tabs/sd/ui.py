@@ -81,6 +81,8 @@ def _train_tab(studio: Any) -> None:
                                  info=_info("rank"))
                 alpha = gr.Number(_default("alpha"), label=_label("alpha"))
                 steps = gr.Number(_default("max_steps"), precision=0, label=_label("max_steps"))
+                epochs = gr.Number(_default("epochs"), precision=0, label=_label("epochs"),
+                                   info=_info("epochs"))
             with gr.Row():
                 lr = gr.Number(_default("learning_rate"), label=_label("learning_rate"))
                 sched = gr.Dropdown(list(LR_SCHEDULES), value=_default("lr_scheduler"),
@@ -148,14 +150,15 @@ def _train_tab(studio: Any) -> None:
     save_caps.click(do_save_captions, inputs=[dataset_dir, captions], outputs=[preview],
                     api_name="sd_save_captions")
 
+    # new settings go at the end: scripts call sd_train/sd_estimate with positional values
     settings = [dataset_dir, base, name, trigger, size, rank, alpha, steps, lr, sched, warmup,
                 batch, accum, gc, precision, adam8, te, seed, noise_offset, prior, class_prompt,
-                n_class, prior_w, class_dir, sample_prompts, sample_every]
+                n_class, prior_w, class_dir, sample_prompts, sample_every, epochs]
 
     def to_config(values: list[Any]) -> SDTrainConfig:
         (folder, base_v, name_v, trig, size_v, rank_v, alpha_v, steps_v, lr_v, sched_v,
          warm_v, batch_v, accum_v, gc_v, prec_v, adam_v, te_v, seed_v, off_v, prior_v, cp_v,
-         ncls_v, pw_v, cdir_v, sp_v, se_v) = values
+         ncls_v, pw_v, cdir_v, sp_v, se_v, epochs_v) = values
         if not folder:
             raise gr.Error("Prepare a dataset first (step 1).")
         cfg = SDTrainConfig(
@@ -163,6 +166,7 @@ def _train_tab(studio: Any) -> None:
             output_name=(name_v or "my_lora").strip(), resolution=int(size_v),
             trigger_words=[t.strip() for t in (trig or "").split(",") if t.strip()],
             rank=int(rank_v), alpha=float(alpha_v), max_steps=int(steps_v),
+            epochs=int(epochs_v or 0),
             learning_rate=float(lr_v), lr_scheduler=sched_v, lr_warmup_steps=int(warm_v),
             batch_size=int(batch_v), grad_accumulation=int(accum_v), gradient_checkpointing=gc_v,
             mixed_precision=prec_v, use_8bit_adam=bool(adam_v), train_text_encoder=bool(te_v),

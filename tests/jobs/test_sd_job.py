@@ -60,3 +60,29 @@ def test_sd_job_cancel_resume_and_library(studio, tmp_path):
     assert v.metrics[-1]["step"] == stopped_at + 2
     listed = [path for _, path in service.list_loras(studio)]
     assert any(p.endswith("jobtoy.safetensors") for p in listed)
+
+
+def test_epochs_are_turned_into_steps_when_the_job_is_queued(studio, tmp_path):
+    import json
+
+    from tabs.sd import service
+    from tabs.sd.config import SDTrainConfig
+    from tabs.sd.dataset import prepare_dataset
+    from tabs.sd.tiny import make_tiny_sd15
+
+    base = make_tiny_sd15(tmp_path / "base")
+    files = []
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 50 * (i + 1), np.uint8)).save(tmp_path / f"e{i}.png")
+        files.append(tmp_path / f"e{i}.png")
+    ds = prepare_dataset(files, tmp_path / "ds", size=32, instance_prompt="sks", min_side=16)
+    cfg = SDTrainConfig(base_model=str(base), dataset_dir=str(ds.folder), output_name="ep",
+                        resolution=32, rank=4, epochs=4, batch_size=2, max_steps=999,
+                        checkpoint_every=0, sample_every=0)
+    run_id = service.submit_training(studio, cfg)
+    saved = json.loads((studio.jobs.run_dir(run_id) / "config.json").read_text())
+    assert (saved["epochs"], saved["max_steps"]) == (4, 6)  # 3 images x 4 epochs / batch 2
+    assert "4 epochs = 6 steps" in studio.jobs.view(run_id).title
+    v = studio.jobs.wait(run_id, timeout=120)
+    assert v.status == "succeeded", v.error or v.log_tail
+    assert v.metrics[-1]["step"] == 6

@@ -120,3 +120,12 @@ def test_logic_modules_do_not_import_gradio():
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n.split(".")[0] == "gradio" for n in names), path.name
+
+
+def test_epochs_become_steps_when_queued():
+    from tabs.sd.config import SDTrainConfig, steps_for_epochs
+
+    assert steps_for_epochs(10, n_images=25, batch_size=2, grad_accumulation=2) == 63  # 250/4
+    assert steps_for_epochs(1, n_images=3, batch_size=4, grad_accumulation=1) == 1
+    with pytest.raises(ValueError, match="epochs cannot be negative"):
+        SDTrainConfig(epochs=-1).validate()
