@@ -69,7 +69,7 @@ def load_reranker(source: str, device: str = "cpu") -> Any:
 
 def register_embedder(studio: Any, source: str, title: str = "") -> str:
     """Register the embedder with the model manager once; returns its key."""
-    from studio.models import ModelSpec, torch_offload, torch_restore
+    from studio.models import ModelSpec, PinnedSwap
 
     key = _key("embedder", source)
     if not studio.models.is_registered(key):
@@ -77,12 +77,12 @@ def register_embedder(studio: Any, source: str, title: str = "") -> str:
             key=key, load=lambda device: load_embedder(source, device),
             title=title or f"embedder {Path(source).name}", estimate=_estimate(source),
             reserve=128 * 1024**2 if studio.probe.device == "cuda" else 0,
-            offload=torch_offload, restore=torch_restore))
+            **PinnedSwap().spec_kwargs()))  # warm tier: pinned CPU copy
     return key
 
 
 def register_reranker(studio: Any, source: str, title: str = "") -> str:
-    from studio.models import ModelSpec, torch_offload, torch_restore
+    from studio.models import ModelSpec, PinnedSwap
 
     key = _key("reranker", source)
     if not studio.models.is_registered(key):
@@ -90,7 +90,7 @@ def register_reranker(studio: Any, source: str, title: str = "") -> str:
             key=key, load=lambda device: load_reranker(source, device),
             title=title or f"reranker {Path(source).name}", estimate=_estimate(source),
             reserve=256 * 1024**2 if studio.probe.device == "cuda" else 0,
-            offload=torch_offload, restore=torch_restore))
+            **PinnedSwap().spec_kwargs()))  # warm tier: pinned CPU copy
     return key
 
 

@@ -12,13 +12,26 @@ from pathlib import Path
 from typing import Any
 
 from studio.jobs import hash_files
-from studio.models import ModelSpec, torch_offload, torch_restore
+from studio.models import ModelSpec, PinnedSwap
 from tabs.tinygpt import data as D
 from tabs.tinygpt.config import TinyGPTConfig
 from tabs.tinygpt.train import CKPT, Generation, generate_text, load_trained
 
 KIND = "tinygpt"
 ENTRY = "tabs.tinygpt.train:run"
+
+
+def _warm_tier() -> dict[str, Any]:
+    """Pinned CPU copy for the manager's warm tier. A captured CUDA-graph decoder points at the
+    old weight addresses, so it is dropped on restore and captured again on first use."""
+    swap = PinnedSwap()
+
+    def restore(model: Any, device: str) -> Any:
+        model = swap.restore(model, device)
+        model._graph_decoder = None
+        return model
+
+    return {**swap.spec_kwargs(), "restore": restore}
 
 
 def stage_upload(src: str | Path, uploads_dir: Path) -> Path:
@@ -148,7 +161,7 @@ def model_key(studio: Any, run_id: str) -> str:
         studio.models.register(ModelSpec(
             key=key, load=lambda device: load_trained(run_dir, device)[0],
             title=f"Tiny GPT {run_id[-6:]}", estimate=size, reserve=64 * 2**20,
-            offload=torch_offload, restore=torch_restore))
+            **_warm_tier()))
         current[run_id] = key
     return key
 

@@ -126,3 +126,16 @@ def test_fixed_shape_decode_step_gives_the_uncached_tokens(pos):
         fixed = graph_generate(model, prompt, n_new, 0.0, None, None)
         assert torch.equal(fixed, generate(model, prompt, n_new, temperature=0, use_cache=False))
     assert model._graph_decoder.max_len == 128  # one decoder, reused by the second call
+
+
+def test_warm_tier_restore_drops_a_captured_graph_decoder():
+    """A CUDA graph holds the old weight addresses: after a warm-tier restore it must be
+    captured again, never replayed."""
+    from tabs.tinygpt.model import GPT, GPTConfig
+    from tabs.tinygpt.service import _warm_tier
+
+    model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    model._graph_decoder = object()
+    tier = _warm_tier()
+    restored = tier["restore"](tier["offload"](model), "cpu")
+    assert restored is model and model._graph_decoder is None
