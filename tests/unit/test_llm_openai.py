@@ -100,10 +100,12 @@ def test_stop_closes_the_stream_and_the_server_stops(served):
     done = None
     long_ask = [{"role": "user", "content": "Tell me a very long story about Oslo."}]
     with local.studio.models.use(local.key) as llm:
-        # The tiny model writes ~1000 tokens/s and may end its story on its own within a few
-        # tokens; 30 ms per token makes sure the client's Stop reaches the server first.
+        # The tiny model may end its story on its own after a few tokens, before the client's
+        # Stop reaches the server: for this test it cannot end (no end-of-turn token) and
+        # writes 30 ms per token, so only the Stop can end it before 400 tokens.
         slow = llm.model.get_input_embeddings().register_forward_pre_hook(
             lambda *_: time.sleep(0.03))  # every decode path embeds each new token
+        eos, llm.eos_ids = llm.eos_ids, frozenset()
     try:
         for ev in remote.stream_chat(long_ask, GenerationSettings(temperature=1.0, seed=1,
                                                                   max_new_tokens=400),
@@ -116,6 +118,7 @@ def test_stop_closes_the_stream_and_the_server_stops(served):
                 done = ev
     finally:
         slow.remove()
+        llm.eos_ids = eos
     assert done.stats.stopped
     # the server-side generation ended too, early, not after all 400 tokens
     llm = local.studio.models.get_loaded(local.key)
