@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,15 @@ class Studio:
     profile: str
     choices: dict[str, ModelChoice]
     extras: dict[str, Any] = field(default_factory=dict)  # per-tab services (engines, stores)
+    _extras_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def service(self, name: str, factory: Callable[[Studio], Any]) -> Any:
+        """The one instance of a tab's service, made on first use (handlers run in a thread
+        pool, so two first requests must not build two services)."""
+        with self._extras_lock:
+            if name not in self.extras:
+                self.extras[name] = factory(self)
+            return self.extras[name]
 
     @property
     def device(self) -> str:

@@ -49,10 +49,7 @@ SOURCE_HEADERS = ["path", "kind", "status", "chunks", "lines", "size", "reason"]
 
 def get_service(studio: Any) -> RagService:
     """The one RagService of a Studio (kept in ``studio.extras``)."""
-    svc = studio.extras.get("rag")
-    if svc is None:
-        svc = studio.extras["rag"] = RagService(studio)
-    return svc
+    return studio.service("rag", RagService)
 
 
 class RagService:

@@ -28,10 +28,7 @@ NO_DIARIZATION = ("no diarization weights: pyannote's pipeline is not available 
 
 
 def get_service(studio: Any) -> WhisperService:
-    svc = studio.extras.get("whisper")
-    if svc is None:
-        svc = studio.extras["whisper"] = WhisperService(studio)
-    return svc
+    return studio.service("whisper", WhisperService)
 
 
 class WhisperService:

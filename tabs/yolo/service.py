@@ -24,10 +24,7 @@ KIND = "yolo"
 
 def get_service(studio: Any) -> YoloService:
     """The one YoloService of a Studio (kept in ``studio.extras``)."""
-    svc = studio.extras.get("yolo")
-    if svc is None:
-        svc = studio.extras["yolo"] = YoloService(studio)
-    return svc
+    return studio.service("yolo", YoloService)
 
 
 class YoloService:

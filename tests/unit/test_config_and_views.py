@@ -108,3 +108,24 @@ def test_logic_modules_never_import_gradio():
                 offenders.append(str(p.relative_to(ROOT)))
     assert not offenders, f"logic modules import gradio: {offenders}"
     assert len(list(_logic_modules())) >= 8  # the walk really found the core modules
+
+
+def test_a_tab_service_is_built_once_under_concurrent_first_requests(studio):
+    import threading
+    import time
+
+    built = []
+
+    def factory(s):
+        time.sleep(0.05)  # a slow constructor widens the race
+        built.append(s)
+        return object()
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(studio.service("x", factory)))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and len({id(g) for g in got}) == 1
