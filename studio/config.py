@@ -169,8 +169,15 @@ def _truthy(v: str | None) -> bool | None:
 def settings_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
     """Flags win over ``STUDIO_*`` variables, which win over defaults."""
     env = os.environ if env is None else env
-    a = build_parser().parse_args(list(argv))
+    parser = build_parser()
+    a = parser.parse_args(list(argv))
+    try:
+        return _settings(a, env)
+    except (ValueError, OSError) as e:  # bad size, credentials or auth file: a reason, no traceback
+        parser.error(str(e))
 
+
+def _settings(a: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     def pick(flag, name, conv=str):
         if flag is not None:
             return flag

@@ -61,13 +61,16 @@ def test_auth_flag_and_file(tmp_path):
     f.write_text("nocolon\n")
     with pytest.raises(ValueError, match="users.txt:1"):
         read_auth_file(f)
-    with pytest.raises(ValueError):
+    with pytest.raises(SystemExit):  # argparse prints the usage and the reason
         settings_from_args(["--auth", "justauser"], {})
 
 
-def test_bad_profile_is_refused():
+def test_bad_profile_or_budget_is_refused_with_a_message(capsys):
     with pytest.raises(SystemExit):
         settings_from_args(["--profile", "huge"], {})
+    with pytest.raises(SystemExit):
+        settings_from_args(["--vram-budget", "lots"], {})
+    assert "not a memory size: 'lots'" in capsys.readouterr().err
 
 
 def test_run_views_format():
