@@ -35,6 +35,21 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def emulate_card_from_env() -> None:
+    """``STUDIO_EMULATE_CARD=12GiB`` caps this job's CUDA memory as on a smaller card (the GPU
+    machine's tests and benches run jobs as a 12 GB user would)."""
+    cap = os.environ.get("STUDIO_EMULATE_CARD")
+    if not cap:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        from studio.config import parse_size
+        from studio.devices import emulate_card
+
+        emulate_card(parse_size(cap))
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m studio.worker RUN_DIR", file=sys.stderr)
@@ -46,6 +61,7 @@ def main(argv: list[str]) -> int:
     report = Reporter(run_dir, resume=meta.get("attempts", 1) > 1, install_signal=True)
     report.status("running", pid=os.getpid(), attempt=meta.get("attempts", 1))
     report.log(f"attempt {meta.get('attempts', 1)} of run {meta['id']} ({meta['entry']})")
+    emulate_card_from_env()
     if meta.get("seed") is not None:
         seed_everything(int(meta["seed"]))
     try:

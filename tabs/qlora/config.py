@@ -14,6 +14,8 @@ from studio.jobconfig import setting as _f
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")
 QUANTIZATIONS = ("nf4", "none")  # none = plain LoRA (what CPU runs use anyway)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+FUSED = ("auto", "off")
+OFFLOAD = ("auto", "on", "off")
 
 
 
@@ -60,7 +62,9 @@ class QLoRAConfig(JobConfig):
     warmup_steps: int = _f(10, "Warmup steps")
     epochs: float = _f(1.0, "Epochs", "used when max steps is 0")
     max_steps: int = _f(0, "Max steps", "0: run the epochs")
-    optimizer: str = _f("auto", "Optimizer", "auto: paged 8-bit AdamW on CUDA, AdamW on CPU")
+    optimizer: str = _f("auto", "Optimizer", "auto: fused AdamW on CUDA (paged 8-bit AdamW when "
+                        "activations are offloaded, i.e. memory is tight), AdamW on CPU; or any "
+                        "transformers optim name, e.g. paged_adamw_8bit")
     seed: int = _f(42, "Seed")
     # reporting
     logging_steps: int = _f(1, "Log every N steps")
@@ -73,6 +77,16 @@ class QLoRAConfig(JobConfig):
                      "logged in")
     merge_fp16: bool = _f(False, "Also export merged fp16 weights", "full model, several GB")
     dataset_hash: str = _f("", "Dataset hash", "filled in by the studio")
+    # speed and memory (appended: positional API calls made before they existed keep working)
+    fused_kernels: str = _f("auto", "Fused kernels", "auto: Liger Kernel's Triton kernels on "
+                            "CUDA (RMSNorm, SwiGLU, RoPE, and a cross-entropy that never builds "
+                            "the full logits); off: plain transformers", choices=FUSED)
+    offload_activations: str = _f("auto", "Offload activations to CPU", "keeps the "
+                                  "checkpointed layer inputs in CPU RAM: much longer sequences "
+                                  "fit; auto: on when the estimate needs it", choices=OFFLOAD)
+    compile_layers: str = _f("auto", "Compile layers", "auto: torch.compile the attention and MLP "
+                             "blocks on CUDA (fewer, fused kernel launches; the first steps "
+                             "are slower while it compiles); off: eager", choices=FUSED)
 
 
 
@@ -91,6 +105,12 @@ class QLoRAConfig(JobConfig):
             raise ValueError(f"base weights must be one of {QUANTIZATIONS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
+        if self.fused_kernels not in FUSED:
+            raise ValueError(f"fused kernels must be one of {FUSED}")
+        if self.compile_layers not in FUSED:
+            raise ValueError(f"compile layers must be one of {FUSED}")
+        if self.offload_activations not in OFFLOAD:
+            raise ValueError(f"offload activations must be one of {OFFLOAD}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}")
         for name in ("lora_r", "lora_alpha", "micro_batch_size", "grad_accumulation",

@@ -12,7 +12,11 @@ check it against measured peaks (``bench/qlora.py`` writes both):
   no seq^2 term). With gradient checkpointing only each layer's input is kept (2 h bytes per
   layer) plus one layer's working set; without, every layer keeps its whole working set.
 - logits: tokens x vocabulary x 14 bytes (16-bit logits, the fp32 copy the loss makes, its
-  softmax and its gradient): at 128k vocabulary this is the biggest single term.
+  softmax and its gradient): at 128k vocabulary this is the biggest single term. With the fused
+  linear cross-entropy (Liger Kernel) the logits are never whole: what stays is the gradient of
+  the last hidden states (2 h bytes per token) and one chunk of fp32 logits and their gradient.
+- offloaded activations: the checkpointed layer inputs live in pinned CPU RAM, so only the
+  layer being recomputed and its neighbour's input stay on the card.
 - + 10% and 256 MiB for the allocator's fragmentation and CUDA workspaces.
 """
 
@@ -104,6 +108,7 @@ class Estimate:
     budget: int
     lora_params: int
     suggestions: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -119,6 +124,8 @@ class Estimate:
         text = (f"Estimated peak {format_bytes(self.total)} vs budget "
                 f"{format_bytes(self.budget)}: {verdict}. ({parts}; "
                 f"{self.lora_params / 1e6:.1f}M LoRA parameters)")
+        if self.features:
+            text += "\nWith: " + ", ".join(self.features)
         if self.suggestions:
             text += "\nTo make it fit: " + "; ".join(self.suggestions)
         return text
@@ -130,10 +137,17 @@ def lora_param_count(arch: Arch, rank: int, targets: str | list[str]) -> int:
     return arch.layers * sum(rank * (shapes[n][0] + shapes[n][1]) for n in names)
 
 
+def fused_ce_chunk(tokens: int, arch: Arch) -> int:
+    """Tokens per chunk of Liger's fused linear cross-entropy (its own rule: about
+    tokens / ceil(vocab / hidden), rounded up to a power of two)."""
+    per = -(-tokens // max(1, -(-arch.vocab // arch.hidden)))
+    return 1 << max(0, (per - 1).bit_length())
+
+
 def estimate(arch: Arch, *, seq_len: int, micro_batch: int, rank: int,
              targets: str | list[str] = "all-linear", checkpointing: bool = True,
-             four_bit: bool = True, paged_8bit: bool = True, budget: int = 0,
-             suggest: bool = True) -> Estimate:
+             four_bit: bool = True, paged_8bit: bool = True, fused_ce: bool = False,
+             offload: bool = False, budget: int = 0, suggest: bool = True) -> Estimate:
     """Peak VRAM by the formula in the module docstring."""
     head = 0 if arch.tied else arch.vocab * arch.hidden * 2
     embed = arch.vocab * arch.hidden * 2
@@ -144,17 +158,24 @@ def estimate(arch: Arch, *, seq_len: int, micro_batch: int, rank: int,
     tokens = seq_len * micro_batch
     h, kv, i = arch.hidden, arch.kv_width, arch.intermediate
     layer_work = 2 * (12 * h + 4 * kv + 5 * i) * tokens
-    acts = (arch.layers * 2 * h * tokens + layer_work) if checkpointing \
-        else arch.layers * layer_work
-    logits = tokens * arch.vocab * LOGIT_BYTES
+    kept = 2 * (2 * h * tokens) if offload else arch.layers * 2 * h * tokens
+    acts = (kept + layer_work) if checkpointing else \
+        (2 * layer_work if offload else arch.layers * layer_work)
+    if fused_ce:
+        logits = tokens * h * 2 + fused_ce_chunk(tokens, arch) * arch.vocab * 8
+    else:
+        logits = tokens * arch.vocab * LOGIT_BYTES
     parts = {"weights": weights + embed + head, "LoRA + optimizer": lora,
              "activations": acts, "logits": logits}
     subtotal = sum(parts.values())
     parts["overhead"] = int(subtotal * FRAGMENTATION) + WORKSPACE
-    est = Estimate(parts=parts, budget=budget, lora_params=n_lora)
+    est = Estimate(parts=parts, budget=budget, lora_params=n_lora,
+                   features=(["fused cross-entropy (no full logits)"] if fused_ce else [])
+                   + (["activations offloaded to CPU RAM"] if offload else []))
     if suggest and budget and not est.fits:
         kw = dict(seq_len=seq_len, micro_batch=micro_batch, rank=rank, targets=targets,
-                  checkpointing=checkpointing, four_bit=four_bit, paged_8bit=paged_8bit)
+                  checkpointing=checkpointing, four_bit=four_bit, paged_8bit=paged_8bit,
+                  fused_ce=fused_ce, offload=offload)
         est.suggestions = suggestions(arch, kw, budget)
     return est
 
@@ -169,6 +190,8 @@ def suggestions(arch: Arch, kw: dict[str, Any], budget: int) -> list[str]:
 
     if not kw["checkpointing"] and (e := fits(checkpointing=True)):
         out.append(f"turn gradient checkpointing on ({format_bytes(e.total)})")
+    if not kw["offload"] and (e := fits(offload=True)):
+        out.append(f"offload activations to CPU ({format_bytes(e.total)})")
     if not kw["four_bit"] and (e := fits(four_bit=True)):
         out.append(f"load the base in 4-bit NF4 ({format_bytes(e.total)})")
     if kw["micro_batch"] > 1 and (e := fits(micro_batch=1)):
@@ -198,13 +221,52 @@ def longest_fitting_seq(arch: Arch, budget: int, **kw: Any) -> int:
     return lo * 128
 
 
+def fused_kernels_usable(cfg: Any, cuda: bool) -> bool:
+    """Liger Kernel runs Triton kernels: CUDA only, and only when it is installed."""
+    import importlib.util
+
+    return cuda and cfg.fused_kernels == "auto" and \
+        importlib.util.find_spec("liger_kernel") is not None
+
+
+def optimizer_name(cfg: Any, cuda: bool, offload: bool) -> str:
+    """The transformers optim a run uses: 'auto' is fused AdamW on CUDA (one kernel for all
+    LoRA tensors; 8 bytes of state per parameter, affordable for LoRA), paged 8-bit AdamW when
+    activations are offloaded (memory is what matters then), plain AdamW on the CPU."""
+    if cfg.optimizer != "auto":
+        return cfg.optimizer
+    if not cuda:
+        return "adamw_torch"
+    return "paged_adamw_8bit" if offload else "adamw_torch_fused"
+
+
+def config_kwargs(cfg: Any, cuda: bool) -> dict[str, Any]:
+    """estimate() arguments for a QLoRAConfig as it will run on this machine (offload as set;
+    'auto' counts as off here, see resolve_offload)."""
+    return dict(seq_len=cfg.max_seq_length, micro_batch=cfg.micro_batch_size, rank=cfg.lora_r,
+                targets=cfg.target_list(), checkpointing=cfg.gradient_checkpointing,
+                four_bit=cuda and cfg.quantization == "nf4",
+                paged_8bit=cuda and "8bit" in optimizer_name(cfg, cuda, False),
+                fused_ce=fused_kernels_usable(cfg, cuda),
+                offload=cuda and cfg.offload_activations == "on")
+
+
+def resolve_offload(cfg: Any, arch: Arch, budget: int, cuda: bool) -> bool:
+    """Offload activations? 'on'/'off' as set; 'auto': only when the run would not fit the
+    budget without it (offloading costs PCIe copies, so it is not free)."""
+    if not cuda or cfg.offload_activations == "off":
+        return False
+    if cfg.offload_activations == "on":
+        return True
+    kw = config_kwargs(cfg, cuda)
+    return not estimate(arch, **{**kw, "offload": False}, budget=budget, suggest=False).fits
+
+
 def estimate_for_config(cfg: Any, arch: Arch, budget: int, cuda: bool) -> Estimate:
     """The estimate for a QLoRAConfig as it will run on this machine."""
-    return estimate(arch, seq_len=cfg.max_seq_length, micro_batch=cfg.micro_batch_size,
-                    rank=cfg.lora_r, targets=cfg.target_list(),
-                    checkpointing=cfg.gradient_checkpointing,
-                    four_bit=cuda and cfg.quantization == "nf4",
-                    paged_8bit=cuda and cfg.optimizer in ("auto", "paged_adamw_8bit"),
-                    budget=budget, suggest=True)
+    kw = config_kwargs(cfg, cuda)
+    kw["offload"] = resolve_offload(cfg, arch, budget, cuda)
+    kw["paged_8bit"] = cuda and "8bit" in optimizer_name(cfg, cuda, kw["offload"])
+    return estimate(arch, **kw, budget=budget, suggest=True)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from tabs.qlora import dataset as data
 from tabs.qlora.config import QLoRAConfig
-from tabs.qlora.estimate import Estimate, estimate_for_config, load_arch
+from tabs.qlora.estimate import Estimate, estimate_for_config, load_arch, resolve_offload
 
 KIND = "qlora"
 ENTRY = "tabs.qlora.train:run"
@@ -96,7 +96,11 @@ def submit(studio: Any, cfg: QLoRAConfig) -> str:
     cfg.dataset_hash = hash_files(files)
     vram = 0
     if is_cuda(studio):
-        est = estimate(studio, cfg)
+        arch = load_arch(cfg.base_model, cfg.gguf_file)
+        if cfg.offload_activations == "auto":  # the job runs what "will it fit?" said
+            off = resolve_offload(cfg, arch, studio.models.budget, True)
+            cfg.offload_activations = "on" if off else "off"
+        est = estimate_for_config(cfg, arch, studio.models.budget, True)
         if not est.fits:
             raise ValueError("this will not fit: " + est.describe())
         vram = est.total

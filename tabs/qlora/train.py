@@ -61,17 +61,99 @@ def load_base(cfg: QLoRAConfig, device: str, dtype: Any, four_bit: bool) -> tupl
     return tokenizer, model
 
 
-def add_lora(model: Any, cfg: QLoRAConfig) -> Any:
+def add_lora(model: Any, cfg: QLoRAConfig, offload: bool = False) -> Any:
     """Wrap the base in a LoRA adapter. Unlike prepare_model_for_kbit_training, the embeddings
-    and LM head are not upcast to fp32 (that alone costs ~2 GiB on an 8B model)."""
+    and LM head are not upcast to fp32 (that alone costs ~2 GiB on an 8B model). Checkpointing is
+    the reentrant kind: one autograd node per layer, where the non-reentrant kind runs a Python
+    hook for every saved tensor (measurably slower when the step is launch-bound)."""
     from peft import LoraConfig, get_peft_model
 
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        model.enable_input_require_grads()  # reentrant checkpoints need an input with grad
+    if cfg.gradient_checkpointing or offload:
         model.config.use_cache = False
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.target_list(), task_type="CAUSAL_LM", bias="none")
     return get_peft_model(model, lora)
+
+
+def liger_config(compiled: bool) -> dict[str, bool]:
+    return {"rope": not compiled, "swiglu": not compiled, "rms_norm": True,
+            "fused_linear_cross_entropy": True}
+
+
+def apply_fused_kernels(model: Any, compiled: bool) -> str:
+    """Liger Kernel's Triton kernels on the (unwrapped) base, patched per instance: the fused
+    linear cross-entropy that computes the loss chunk by chunk from the last hidden states, so
+    the (tokens x vocabulary) logits never exist during training, and RMSNorm; SwiGLU and RoPE
+    too unless the blocks are compiled (then Inductor fuses those itself)."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, **liger_config(compiled))
+    parts = "RMSNorm, fused linear cross-entropy" if compiled else \
+        "RMSNorm, SwiGLU, RoPE, fused linear cross-entropy"
+    return f"fused kernels: Liger Kernel ({parts})"
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The decoder blocks of a (peft-wrapped) causal LM, found by their attention + MLP."""
+    return [m for m in model.modules() if hasattr(m, "self_attn") and hasattr(m, "mlp")]
+
+
+def compile_blocks(model: Any) -> str:
+    """torch.compile each block's attention and MLP (LoRA + 4-bit matmuls inside). They run
+    inside the eager checkpoint wrapper, so checkpointing and offloading are unchanged; the
+    compiled code is shared by all layers (parameters are graph inputs)."""
+    import torch
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.self_attn.compile()  # automatic dynamic shapes: batches vary in length
+        layer.mlp.compile()
+    return f"compiled: attention and MLP of {len(layers)} layers (torch.compile)"
+
+
+def prepare_model(cfg: QLoRAConfig, device: str, dtype: Any, four_bit: bool,
+                  offload: bool) -> tuple[Any, Any, list[str]]:
+    """Tokenizer and trainable model exactly as the job trains it (the GPU bench calls this
+    too), and log lines saying which speed and memory features are on."""
+    from tabs.qlora.estimate import fused_kernels_usable
+
+    tokenizer, model = load_base(cfg, device, dtype, four_bit)
+    notes = []
+    compiled = device == "cuda" and cfg.compile_layers == "auto"
+    if fused_kernels_usable(cfg, device == "cuda"):
+        notes.append(apply_fused_kernels(model, compiled))
+    elif cfg.fused_kernels == "auto" and device == "cuda":
+        notes.append("fused kernels: liger-kernel is not installed, plain transformers")
+    model = add_lora(model, cfg, offload)
+    if compiled:
+        notes.append(compile_blocks(model))
+    notes.append("activations: " + ("checkpointed" if cfg.gradient_checkpointing else "kept")
+                 + (", offloaded to CPU RAM" if offload else " on the GPU"))
+    return tokenizer, model, notes
+
+
+def eager() -> Any:
+    """Run compiled blocks eagerly (evaluation, sampling: shapes change every call, and a
+    recompile per shape would cost far more than it saves)."""
+    import torch
+
+    return torch.compiler.set_stance("force_eager")
+
+
+def activation_context(offload: bool) -> Any:
+    """Where the forward pass keeps what backward needs: pinned CPU RAM when offloading (with
+    gradient checkpointing that is each layer's input; the recompute stays on the GPU)."""
+    import contextlib
+
+    import torch
+
+    if not offload:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
 
 
 # ----- data ------------------------------------------------------------------------------------
@@ -188,14 +270,36 @@ def _read(p: Path) -> str:
 
 
 # ----- the job ---------------------------------------------------------------------------------
+def trainer_class() -> Any:
+    """transformers' Trainer, with the forward pass under `activation_context` (backward then
+    runs outside it, as save_on_cpu expects)."""
+    from transformers import Trainer
+
+    class StudioTrainer(Trainer):
+        offload_activations = False
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            with activation_context(self.offload_activations and model.training):
+                return super().compute_loss(model, inputs, *args, **kwargs)
+
+        def prediction_step(self, *args, **kwargs):
+            with eager():  # eval batches vary in shape: no compiling for them
+                return super().prediction_step(*args, **kwargs)
+
+    return StudioTrainer
+
+
 def training_args(cfg: QLoRAConfig, run_dir: Path, device: str, dtype: Any, has_eval: bool,
-                  report_to: list[str]) -> Any:
+                  report_to: list[str], offload: bool = False) -> Any:
     import torch
     from transformers import TrainingArguments
 
+    from tabs.qlora.estimate import fused_kernels_usable, optimizer_name
+
     cuda = device == "cuda"
-    optim = cfg.optimizer if cfg.optimizer != "auto" else \
-        ("paged_adamw_8bit" if cuda else "adamw_torch")
+    optim = optimizer_name(cfg, cuda, offload)
+    fused = fused_kernels_usable(cfg, cuda)  # Trainer re-applies the same patch (idempotent)
+    # and then skips the logits in evaluation too, where only the loss is needed
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"), per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.micro_batch_size,
@@ -208,6 +312,8 @@ def training_args(cfg: QLoRAConfig, run_dir: Path, device: str, dtype: Any, has_
         save_steps=cfg.save_steps or 500, save_total_limit=2,
         bf16=cuda and dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,
         optim=optim,  # gradient checkpointing is enabled on the model in add_lora
+        use_liger_kernel=fused,
+        liger_kernel_config=liger_config(cuda and cfg.compile_layers == "auto") if fused else None,
         include_num_input_tokens_seen="non_padding", report_to=report_to or "none",
         seed=cfg.seed, data_seed=cfg.seed,
         use_cpu=not cuda, remove_unused_columns=False, disable_tqdm=True,
@@ -217,7 +323,6 @@ def training_args(cfg: QLoRAConfig, run_dir: Path, device: str, dtype: Any, has_
 def run(config: dict[str, Any], report: Any) -> None:
     """Fine-tune, report live, checkpoint, and finish with eval, samples and a run card."""
     import torch
-    from transformers import Trainer
 
     cfg = QLoRAConfig.from_dict(config)
     run_dir = Path(report.run_dir)
@@ -231,9 +336,12 @@ def run(config: dict[str, Any], report: Any) -> None:
 
     train_conv, eval_conv, notes = load_data(cfg)
     report.progress(0, None, "loading the base model")
-    tokenizer, model = load_base(cfg, device, dtype, four_bit)
+    offload = wants_offload(cfg, device)
+    tokenizer, model, kernel_notes = prepare_model(cfg, device, dtype, four_bit, offload)
     report.log(f"base {cfg.base_model}: {'4-bit NF4 + double quant' if four_bit else dtype}"
                f" on {device}")
+    for note in kernel_notes:
+        report.log(note)
     train_ex, cut = data.tokenize_all(tokenizer, train_conv, cfg.max_seq_length,
                                       cfg.train_on_prompt)
     eval_ex, _ = data.tokenize_all(tokenizer, eval_conv, cfg.max_seq_length, cfg.train_on_prompt)
@@ -241,17 +349,18 @@ def run(config: dict[str, Any], report: Any) -> None:
         report.log(note)
     if not train_ex:
         raise ValueError("no training example has answer tokens within max sequence length")
-    model = add_lora(model, cfg)
     trainable, total = model.get_nb_trainable_parameters()
     report.log(f"LoRA r{cfg.lora_r} on {cfg.target_modules}: {trainable / 1e6:.2f}M trainable "
                f"of {total / 1e6:.1f}M parameters")
 
     args = training_args(cfg, run_dir, device, dtype, bool(eval_ex),
-                         report_targets(cfg, run_dir, report))
-    trainer = Trainer(model=model, args=args, train_dataset=train_ex,
-                      eval_dataset=eval_ex or None,
-                      data_collator=make_collator(tokenizer, cfg.packing),
-                      callbacks=[report_callback(report, device)])
+                         report_targets(cfg, run_dir, report), offload)
+    report.log(f"optimizer: {args.optim}")
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_ex,
+                              eval_dataset=eval_ex or None,
+                              data_collator=make_collator(tokenizer, cfg.packing),
+                              callbacks=[report_callback(report, device)])
+    trainer.offload_activations = offload
     last = report.last_checkpoint()
     if last:
         report.log(f"resumed from step {last[1]} ({last[0].name})")
@@ -266,6 +375,21 @@ def run(config: dict[str, Any], report: Any) -> None:
                    f"{adapter_dir}")
         return
     finish(cfg, report, trainer, tokenizer, eval_conv, eval_ex, device, four_bit, adapter_dir)
+
+
+def wants_offload(cfg: QLoRAConfig, device: str) -> bool:
+    """The run's offload decision. The studio resolves 'auto' against its budget when it queues
+    the job; a config that still says 'auto' is resolved here against the whole card."""
+    if device != "cuda" or cfg.offload_activations == "off":
+        return False
+    if cfg.offload_activations == "on":
+        return True
+    import torch
+
+    from tabs.qlora.estimate import load_arch, resolve_offload
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    return resolve_offload(cfg, load_arch(cfg.base_model, cfg.gguf_file), total, True)
 
 
 def finish(cfg: QLoRAConfig, report: Any, trainer: Any, tokenizer: Any,
@@ -325,7 +449,7 @@ def generate(model: Any, tokenizer: Any, messages: list[dict], max_new_tokens: i
     ids = ids.to(model.device)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eager():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                              max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, use_cache=True)

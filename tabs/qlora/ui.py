@@ -17,7 +17,9 @@ from tabs.qlora.dataset import DatasetError
 SETTINGS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "gradient_checkpointing",
             "micro_batch_size", "grad_accumulation", "learning_rate", "schedule",
             "warmup_steps", "epochs", "max_steps", "packing", "quantization", "seed",
-            "eval_steps", "save_steps", "tensorboard", "wandb")
+            "eval_steps", "save_steps", "tensorboard", "wandb",
+            # appended, so positional API calls made before they existed keep working
+            "fused_kernels", "compile_layers", "offload_activations")
 INTS = {"lora_r", "lora_alpha", "micro_batch_size", "grad_accumulation", "warmup_steps",
         "max_steps", "seed", "eval_steps", "save_steps", "max_seq_length"}
 
@@ -31,6 +33,9 @@ def _widget(name: str) -> gr.components.Component:
         return gr.Dropdown(list(SCHEDULES), value=value, label=label)
     if name == "quantization":
         return gr.Radio(["nf4", "none"], value=value, label=label, info=info)
+    if name in ("fused_kernels", "compile_layers", "offload_activations"):
+        return gr.Radio(list(QLoRAConfig._field(name).metadata["choices"]), value=value,
+                        label=label, info=info)
     if isinstance(value, str):
         return gr.Textbox(value=value, label=label, info=info)
     return gr.Number(value=value, label=label, info=info, precision=0 if name in INTS else None)
@@ -73,7 +78,8 @@ def build_ui(studio: Any) -> None:
 
     gr.Markdown("### 2. Settings")
     widgets: dict[str, Any] = {}
-    for row in (SETTINGS[:5], SETTINGS[5:10], SETTINGS[10:15], SETTINGS[15:]):
+    for row in (SETTINGS[:5], SETTINGS[5:10], SETTINGS[10:15], SETTINGS[15:19],
+                SETTINGS[19:]):
         with gr.Row():
             for name in row:
                 widgets[name] = _widget(name)
