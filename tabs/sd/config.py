@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from studio.jobconfig import JobConfig
 from studio.jobconfig import setting as _f
+from tabs.sd.single_file import PICKLE_EXTS
 
 GiB = 1024**3
 
@@ -83,6 +84,10 @@ class SDTrainConfig(JobConfig):
     checkpoint_every: int = _f(100, "Checkpoint every N steps")
     trigger_words: list = _f([], "Trigger words", "saved in the LoRA's metadata")
     dataset_hash: str = _f("", "Dataset hash")
+    single_file_config: str = _f("", "Config for single files",
+                                 "hub id or local diffusers folder giving a .safetensors base "
+                                 "its configs; empty = the SD 1.5 or SDXL repo, detected "
+                                 "from the file")
 
 
 
@@ -100,12 +105,17 @@ class SDTrainConfig(JobConfig):
             raise ValueError(f"LR schedule must be one of {LR_SCHEDULES}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed precision must be one of {PRECISIONS}")
+        if self.attention not in ("sdpa", "xformers"):
+            raise ValueError("attention must be sdpa or xformers")
         if self.gradient_checkpointing not in ("auto", "on", "off"):
             raise ValueError("gradient checkpointing must be auto, on or off")
         if self.prior_preservation and not self.class_prompt.strip():
             raise ValueError("prior preservation needs a class prompt, e.g. 'a photo of a dog'")
         if not self.base_model.strip():
             raise ValueError("choose a base model (hub id, folder or .safetensors file)")
+        if self.base_model.strip().lower().endswith(PICKLE_EXTS):
+            raise ValueError("pickle checkpoints (.ckpt/.pt/.bin) can run code when loaded; "
+                             "use the .safetensors version of the base model")
 
 
 @dataclass

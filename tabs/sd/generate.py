@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tabs.sd import lora_io, single_file
 from tabs.sd.config import MemoryPlan, plan_generation
 
 ARCHS = ("sd15", "sdxl")
@@ -57,10 +58,18 @@ class GenerateRequest:
     batch: int = 1
     scheduler: str = "DPM++ 2M"
     loras: list[LoraChoice] = field(default_factory=list)
+    single_file_config: str = ""  # configs for a .safetensors base; "" = detected from the file
 
     def validate(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"architecture must be one of {ARCHS}")
+        single_file.check_base(self.base)
+        if single_file.is_single_file(self.base):
+            arch = single_file.detect_arch(self.base)
+            if arch != self.arch:
+                raise ValueError(f"{Path(self.base).name} is an {single_file.ARCH_NAMES[arch]} "
+                                 f"checkpoint: choose {single_file.ARCH_NAMES[arch]} as the "
+                                 "architecture")
         if not self.prompt.strip():
             raise ValueError("write a prompt first")
         if self.scheduler not in SCHEDULERS:
@@ -75,6 +84,11 @@ class GenerateRequest:
         for lc in self.loras:
             if not Path(lc.path).is_file():
                 raise ValueError(f"LoRA file not found: {lc.path}")
+            info = lora_io.read_info(Path(lc.path))
+            if info is not None and info.arch != self.arch:
+                raise ValueError(f"LoRA {Path(lc.path).stem} was trained for "
+                                 f"{single_file.ARCH_NAMES.get(info.arch, info.arch)}; it "
+                                 f"cannot be used with {single_file.ARCH_NAMES[self.arch]}")
 
 
 @dataclass
@@ -91,11 +105,14 @@ class GenerateResult:
     seconds: float = 0.0
 
 
-def model_key(base: str, arch: str) -> str:
-    return f"sd:{arch}:{base}"
+def model_key(base: str, arch: str, single_file_config: str = "") -> str:
+    extra = f"|{single_file_config}" if single_file_config and single_file.is_single_file(base) \
+        else ""
+    return f"sd:{arch}:{base}{extra}"
 
 
-def load_pipeline(base: str, arch: str, device: str, plan: MemoryPlan) -> Any:
+def load_pipeline(base: str, arch: str, device: str, plan: MemoryPlan,
+                  single_file_config: str = "") -> Any:
     """Load a pipeline as `plan` says. Hub id, diffusers folder, or single-file checkpoint."""
     import torch
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -112,8 +129,8 @@ def load_pipeline(base: str, arch: str, device: str, plan: MemoryPlan) -> Any:
             plan.reasons.append(f"fp16-fix VAE unavailable ({type(e).__name__}); the VAE "
                                 "decodes in fp32 (more memory)")
             plan.fp16_vae = None
-    if base.endswith((".safetensors", ".ckpt")) and Path(base).is_file():
-        pipe = cls.from_single_file(base, **kw)
+    if single_file.is_single_file(base):
+        pipe = single_file.load_pipeline(cls, base, single_file_config, **kw)
     else:
         pipe = cls.from_pretrained(base, **kw)
     return apply_plan(pipe, plan, device)
@@ -142,12 +159,13 @@ def apply_plan(pipe: Any, plan: MemoryPlan, device: str) -> Any:
     return pipe
 
 
-def ensure_registered(studio: Any, base: str, arch: str) -> tuple[str, MemoryPlan]:
+def ensure_registered(studio: Any, base: str, arch: str,
+                      single_file_config: str = "") -> tuple[str, MemoryPlan]:
     """Register the pipeline with the model manager once; returns its key and memory plan."""
     from studio.models import ModelSpec
     from tabs.sd.config import weight_bytes
 
-    key = model_key(base, arch)
+    key = model_key(base, arch, single_file_config)
     plans = studio.extras.setdefault("sd_plans", {})
     if key not in plans:
         fp16_vae = None if studio.settings.offline else "madebyollin/sdxl-vae-fp16-fix"
@@ -157,7 +175,7 @@ def ensure_registered(studio: Any, base: str, arch: str) -> tuple[str, MemoryPla
         estimate = 0 if plan.cpu_offload else weight_bytes(arch, plan.dtype)
         studio.models.register(ModelSpec(
             key=key, title=f"{arch.upper()} {Path(base).name or base}",
-            load=lambda device: load_pipeline(base, arch, device, plan),
+            load=lambda device: load_pipeline(base, arch, device, plan, single_file_config),
             estimate=estimate if studio.probe.device == "cuda" else 0,
             reserve=int(1.5 * 1024**3) if studio.probe.device == "cuda" else 0))
     return key, plans[key]
@@ -256,7 +274,7 @@ def generate(studio: Any, req: GenerateRequest, out_dir: Path,
              should_stop: Callable[[], bool] | None = None) -> GenerateResult:
     """Draw `req.batch` images with the managed pipeline and save them as PNGs."""
     req.validate()
-    key, plan = ensure_registered(studio, req.base, req.arch)
+    key, plan = ensure_registered(studio, req.base, req.arch, req.single_file_config)
     seed = req.seed if req.seed >= 0 else random.randrange(2**31)
     native = 1024 if req.arch == "sdxl" else 512
     width, height = req.width or native, req.height or native

@@ -187,7 +187,11 @@ def read_info(path: Path) -> LoraInfo | None:
     if "studio.info" in meta:
         return LoraInfo(**json.loads(meta["studio.info"]))
     if "ss_network_dim" in meta:
+        version = meta.get("ss_base_model_version", "")
+        arch = "sdxl" if version.startswith("sdxl") else \
+            "sd15" if version in ("", "sd_v1") else version
         return LoraInfo(name=Path(path).stem, base_model=meta.get("ss_sd_model_name", "?"),
+                        arch=arch,
                         rank=int(float(meta["ss_network_dim"])),
                         alpha=float(meta.get("ss_network_alpha", meta["ss_network_dim"])),
                         trigger_words=[t for t in meta.get("modelspec.trigger_phrase",

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tabs.sd import lora_io
+from tabs.sd import lora_io, single_file
 from tabs.sd.config import SDTrainConfig, TrainEstimate, estimate_training, steps_for_epochs
 from tabs.sd.dataset import PreparedDataset, load_dataset, prepare_dataset
+from tabs.sd.train import check_trainable_base
 
 KIND = "sd"
 ENTRY = "tabs.sd.train:run"
@@ -20,12 +21,13 @@ def lora_library(studio: Any) -> Path:
     return studio.settings.exports_dir / "sd_loras"
 
 
-def prepare(studio: Any, files: list[str], size: int, instance_prompt: str) -> PreparedDataset:
+def prepare(studio: Any, files: list[str], size: int, instance_prompt: str,
+            buckets: bool = False, crop: str = "center") -> PreparedDataset:
     if not files:
         raise ValueError("upload images (or a zip) first")
     out = studio.settings.uploads_dir / "sd" / time.strftime("%Y%m%d-%H%M%S")
     ds = prepare_dataset([Path(f) for f in files], out, size=size,
-                         instance_prompt=instance_prompt)
+                         instance_prompt=instance_prompt, buckets=buckets, crop=crop)
     if not ds.items:
         raise ValueError("no usable images:\n" + ds.report())
     return ds
@@ -44,6 +46,9 @@ def complete_config(studio: Any, cfg: SDTrainConfig) -> tuple[SDTrainConfig, Tra
 
 def submit_training(studio: Any, cfg: SDTrainConfig) -> str:
     """Check the dataset and the memory, then queue the job. Returns the run id."""
+    check_trainable_base(cfg.base_model)
+    if single_file.is_single_file(cfg.base_model):  # fail now, not in the job, when offline
+        single_file.resolve_config(cfg.base_model, cfg.single_file_config)
     ds = load_dataset(Path(cfg.dataset_dir))
     cfg.dataset_hash = ds.hash
     if cfg.epochs > 0:

@@ -126,3 +126,100 @@ def make_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
                                      tokenizer_2=tok2, unet=unet, scheduler=scheduler)
     pipe.save_pretrained(folder)
     return folder
+
+
+# --- test support: a diffusers SD 1.5 folder -> one original-layout (LDM) .safetensors file ---
+# diffusers ships only the original -> diffusers direction (loaders/single_file_utils.py); this is
+# its inverse for the SD 1.x layout, general in the block count so the tiny model fits it too.
+
+_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0",
+                "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+                "conv_shortcut": "skip_connection"}
+_UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+_VAE_FIXED = {"conv_norm_out": "norm_out"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_to_ldm(key: str, config: dict) -> str:
+    """One diffusers UNet key -> its name under ``model.diffusion_model.``."""
+    n = config["layers_per_block"] + 1
+    for old, new in _UNET_FIXED.items():
+        if key.startswith(old + "."):
+            return new + key[len(old):]
+    parts = key.split(".")
+    if parts[0] == "mid_block":
+        kind, idx, rest = parts[1], int(parts[2]), parts[3:]
+        if kind == "resnets":
+            return ".".join([f"middle_block.{2 * idx}", _UNET_RESNET[rest[0]], *rest[1:]])
+        return ".".join([f"middle_block.{2 * idx + 1}", *rest])
+    where, block, kind = parts[0], int(parts[1]), parts[2]
+    if kind in ("downsamplers", "upsamplers"):
+        param = parts[-1]
+        if where == "down_blocks":
+            return f"input_blocks.{n * (block + 1)}.0.op.{param}"
+        has_attn = "CrossAttn" in config["up_block_types"][block]
+        return f"output_blocks.{n * block + n - 1}.{2 if has_attn else 1}.conv.{param}"
+    layer, rest = int(parts[3]), parts[4:]
+    index = n * block + layer + 1 if where == "down_blocks" else n * block + layer
+    prefix = "input_blocks" if where == "down_blocks" else "output_blocks"
+    if kind == "resnets":
+        return ".".join([f"{prefix}.{index}.0", _UNET_RESNET[rest[0]], *rest[1:]])
+    return ".".join([f"{prefix}.{index}.1", *rest])
+
+
+def _vae_to_ldm(key: str, n_up: int) -> str:
+    """One diffusers VAE key -> its name under ``first_stage_model.``."""
+    side, rest = key.split(".", 1)
+    if side not in ("encoder", "decoder"):
+        return key  # quant_conv, post_quant_conv
+    for old, new in _VAE_FIXED.items():
+        rest = rest.replace(old, new)
+    parts = rest.split(".")
+    if parts[0] in ("down_blocks", "up_blocks"):
+        i = int(parts[1])
+        ldm_i = i if parts[0] == "down_blocks" else n_up - 1 - i
+        head = f"{'down' if parts[0] == 'down_blocks' else 'up'}.{ldm_i}"
+        if parts[2] == "resnets":
+            tail = ".".join(parts[4:]).replace("conv_shortcut", "nin_shortcut")
+            return f"{side}.{head}.block.{parts[3]}.{tail}"
+        sampler = "downsample" if parts[0] == "down_blocks" else "upsample"
+        return f"{side}.{head}.{sampler}.conv.{parts[-1]}"
+    if parts[0] == "mid_block" and parts[1] == "resnets":
+        tail = ".".join(parts[3:]).replace("conv_shortcut", "nin_shortcut")
+        return f"{side}.mid.block_{int(parts[2]) + 1}.{tail}"
+    if parts[0] == "mid_block" and parts[1] == "attentions":
+        tail = ".".join(parts[3:])
+        for old, new in _VAE_ATTN.items():
+            if tail.startswith(old + "."):
+                tail = new + tail[len(old):]
+        return f"{side}.mid.attn_1.{tail}"
+    return f"{side}.{rest}"
+
+
+def save_original_single_file(folder: Path, path: Path) -> Path:
+    """Write a diffusers SD 1.x folder as one original-layout ``.safetensors`` (as on Civitai)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    folder = Path(folder)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    te = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in unet.state_dict().items():
+        out["model.diffusion_model." + _unet_to_ldm(k, dict(unet.config))] = v
+    n_up = len(vae.config.up_block_types)
+    for k, v in vae.state_dict().items():
+        name = "first_stage_model." + _vae_to_ldm(k, n_up)
+        if ".mid.attn_1." in name and name.endswith("weight") and v.ndim == 2:
+            v = v[:, :, None, None]  # the original VAE attention is 1x1 convolutions
+        out[name] = v
+    for k, v in te.state_dict().items():
+        out["cond_stage_model.transformer.text_model." + k.removeprefix("text_model.")] = v
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.items()}, path)
+    return path

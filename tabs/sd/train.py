@@ -9,6 +9,9 @@ noise offset, mixed precision, 8-bit Adam. What it adds for a 12 GB card:
   frozen), so a step runs only the UNet;
 - gradient checkpointing only when the "will it fit?" estimate says the card needs it;
 - sample images every N steps, checkpoints to resume from, and a Cancel that saves the LoRA.
+
+The base model may be one original-layout ``.safetensors`` file (``single_file.py``), and the
+dataset may use aspect-ratio buckets: then each batch comes from one bucket.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tabs.sd import lora_io
+from tabs.sd import lora_io, single_file
 from tabs.sd.config import SDTrainConfig, estimate_training
-from tabs.sd.dataset import load_dataset
+from tabs.sd.dataset import bucket_groups, load_dataset
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -37,7 +40,8 @@ class Components:
     noise_scheduler: Any
 
 
-def load_components(base: str, device: str, dtype: Any) -> Components:
+def load_components(base: str, device: str, dtype: Any, single_file_config: str = ""
+                    ) -> Components:
     """Load the base model from a hub id, a diffusers folder, or one .safetensors file."""
     from diffusers import (
         AutoencoderKL,
@@ -47,8 +51,11 @@ def load_components(base: str, device: str, dtype: Any) -> Components:
     )
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if base.endswith((".safetensors", ".ckpt")) and Path(base).is_file():
-        pipe = StableDiffusionPipeline.from_single_file(base, torch_dtype=dtype)
+    if single_file.is_single_file(base):
+        check_trainable_base(base)
+        pipe = single_file.load_pipeline(StableDiffusionPipeline, base, single_file_config,
+                                         torch_dtype=dtype, safety_checker=None,
+                                         requires_safety_checker=False)
         c = Components(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet,
                        DDPMScheduler.from_config(pipe.scheduler.config))
     else:
@@ -64,6 +71,16 @@ def load_components(base: str, device: str, dtype: Any) -> Components:
         m.requires_grad_(False)
         m.to(device)
     return c
+
+
+def check_trainable_base(base: str) -> None:
+    """Training is SD 1.x only: refuse pickle files and other architectures before loading."""
+    single_file.check_base(base)
+    if single_file.is_single_file(base):
+        arch = single_file.detect_arch(base)
+        if arch != "sd15":
+            raise ValueError(f"{Path(base).name} is an {single_file.ARCH_NAMES[arch]} "
+                             "checkpoint; LoRA training here needs an SD 1.5 base model")
 
 
 def make_pipeline(c: Components) -> Any:
@@ -260,6 +277,32 @@ def write_run_card(cfg: SDTrainConfig, step: int, partial: bool, report: Any) ->
     report.artifact(path, kind="file", label="run card")
 
 
+def draw_batch(groups: list[list[int]], n_items: int, batch: int, g: Any) -> list[int]:
+    """Image indices of one batch, all from one bucket (each bucket as likely as its share)."""
+    import torch
+
+    if len(groups) == 1:
+        return torch.randint(n_items, (batch,), generator=g).tolist()
+    first = int(torch.randint(n_items, (1,), generator=g))
+    group = next(gr for gr in groups if first in gr)
+    return [group[j] for j in torch.randint(len(group), (batch,), generator=g).tolist()]
+
+
+def noised_prediction(c: Components, sched: Any, lat: Any, emb: Any, cfg: SDTrainConfig, g: Any,
+                      dtype: Any, channels_last: bool) -> tuple[Any, Any]:
+    """Noise the latents at random timesteps (with the noise offset) and predict."""
+    import torch
+
+    device = lat.device
+    noise = torch.randn(lat.shape, generator=g).to(device, lat.dtype)
+    if cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn(
+            (lat.shape[0], lat.shape[1], 1, 1), generator=g).to(device, lat.dtype)
+    t = torch.randint(0, sched.config.num_train_timesteps, (lat.shape[0],),
+                      generator=g).to(device)
+    return predict(c.unet, sched, lat, noise, t, emb, dtype, channels_last)
+
+
 def predict(unet: Any, sched: Any, lat: Any, noise: Any, t: Any, emb: Any, dtype: Any,
             channels_last: bool) -> tuple[Any, Any]:
     """The UNet's prediction for noised latents and what it should have predicted (fp32)."""
@@ -298,8 +341,12 @@ def run(config: dict, report: Any) -> None:
     if ds.size != cfg.resolution:
         report.log(f"dataset was prepared at {ds.size} px; training at {ds.size}")
         cfg.resolution = ds.size
+    buckets = list(bucket_groups(ds.items).values())  # image indices per bucket
+    if ds.buckets:
+        report.log("aspect-ratio buckets: " + ", ".join(
+            f"{w}x{h} ({len(ix)} images)" for (w, h), ix in bucket_groups(ds.items).items()))
     report.progress(0, cfg.max_steps, "loading the base model")
-    c = load_components(cfg.base_model, device, dtype)
+    c = load_components(cfg.base_model, device, dtype, cfg.single_file_config)
     if cfg.attention == "xformers":
         try:
             c.unet.enable_xformers_memory_efficient_attention()
@@ -349,6 +396,11 @@ def run(config: dict, report: Any) -> None:
             for text in set(inst_captions) | ({cfg.class_prompt} if class_paths else set()):
                 cached_text[text] = c.text_encoder(tokenize(c.tokenizer, [text], device))[0][0]
 
+    def embed(texts: list[str]) -> Any:
+        if frozen_te:
+            return torch.stack([cached_text[t] for t in texts])
+        return c.text_encoder(tokenize(c.tokenizer, texts, device))[0]
+
     groups = [{"params": [p for p in c.unet.parameters() if p.requires_grad],
                "lr": cfg.learning_rate}]
     if cfg.train_text_encoder:
@@ -374,31 +426,26 @@ def run(config: dict, report: Any) -> None:
         # One generator per step: the same batches, noise and timesteps after a resume.
         g = torch.Generator("cpu").manual_seed(cfg.seed * 1_000_003 + step)
         for _ in range(cfg.grad_accumulation):
-            idx = torch.randint(len(inst_paths), (cfg.batch_size,), generator=g).tolist()
+            idx = draw_batch(buckets, len(inst_paths), cfg.batch_size, g)
             lat = _batch_latents(idx, inst_lat, inst_paths, c, device, dtype, g)
-            texts = [inst_captions[i] for i in idx]
+            parts = [(lat, [inst_captions[i] for i in idx])]
             if class_paths:
                 cidx = torch.randint(len(class_paths), (cfg.batch_size,), generator=g).tolist()
                 clat = _batch_latents(cidx, class_lat, class_paths, c, device, dtype, g)
-                lat = torch.cat([lat, clat])
-                texts = texts + [cfg.class_prompt] * len(cidx)
-            if frozen_te:
-                emb = torch.stack([cached_text[t] for t in texts])
-            else:
-                emb = c.text_encoder(tokenize(c.tokenizer, texts, device))[0]
-            noise = torch.randn(lat.shape, generator=g).to(device, lat.dtype)
-            if cfg.noise_offset:
-                noise = noise + cfg.noise_offset * torch.randn(
-                    (lat.shape[0], lat.shape[1], 1, 1), generator=g).to(device, lat.dtype)
-            t = torch.randint(0, sched.config.num_train_timesteps, (lat.shape[0],),
-                              generator=g).to(device)
-            pred, target = predict(c.unet, sched, lat, noise, t, emb, dtype,
-                                   cuda and cfg.channels_last)
+                ctexts = [cfg.class_prompt] * len(cidx)
+                if clat.shape[1:] == lat.shape[1:]:  # one UNet call for both halves
+                    parts = [(torch.cat([lat, clat]), parts[0][1] + ctexts)]
+                else:  # a non-square bucket: the square class images get their own call
+                    parts.append((clat, ctexts))
+            preds = [noised_prediction(c, sched, part_lat, embed(part_texts), cfg, g, dtype,
+                                       cuda and cfg.channels_last)
+                     for part_lat, part_texts in parts]
             if class_paths:
-                pred, pred_prior = pred.chunk(2)
-                target, target_prior = target.chunk(2)
-                prior = torch.nn.functional.mse_loss(pred_prior, target_prior)
-            loss = torch.nn.functional.mse_loss(pred, target)
+                if len(preds) == 1:
+                    (pred, target), n = preds[0], len(idx)
+                    preds = [(pred[:n], target[:n]), (pred[n:], target[n:])]
+                prior = torch.nn.functional.mse_loss(*preds[1])
+            loss = torch.nn.functional.mse_loss(*preds[0])
             if class_paths:
                 loss = loss + cfg.prior_loss_weight * prior
             (loss / cfg.grad_accumulation).backward()

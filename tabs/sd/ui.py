@@ -44,7 +44,14 @@ def _captions_frame(folder: str | None) -> list[list[str]]:
     if not folder:
         return []
     ds = load_dataset(folder)
-    return [[it.file_name, it.source, it.text] for it in ds.items]
+    return [[it.file_name, it.source, it.text, f"{it.width}x{it.height}"] for it in ds.items]
+
+
+def _preview(ds: Any) -> list[tuple[str, str]]:
+    """Gallery items; with buckets the caption starts with the image's bucket."""
+    return [(str(ds.folder / it.file_name),
+             f"[{it.width}x{it.height}] {it.text}" if ds.buckets else it.text)
+            for it in ds.items]
 
 
 def _train_tab(studio: Any) -> None:
@@ -58,12 +65,18 @@ def _train_tab(studio: Any) -> None:
             instance = gr.Textbox(label="Instance prompt (for images without a caption)",
                                   placeholder="a photo of sks backpack")
             size = gr.Slider(256, 1024, value=512, step=64, label=_label("resolution"))
+            with gr.Row():
+                crop = gr.Radio(["center", "smart"], value="center", label="Crop",
+                                info="smart: keep the most detailed part of the image")
+                buckets = gr.Checkbox(False, label="Aspect-ratio buckets",
+                                      info="keep each image's shape (e.g. 576x448, 384x640 at "
+                                      "512) instead of a square; batches come from one bucket")
             prep_btn = gr.Button("Prepare dataset")
             dataset_dir = gr.Textbox(label=_label("dataset_dir"),
                                      info="filled by Prepare; an earlier folder works too")
             prep_report = gr.Markdown()
             preview = gr.Gallery(label="Prepared images", columns=6, height=240)
-            captions = gr.Dataframe(headers=["file", "uploaded as", "caption"],
+            captions = gr.Dataframe(headers=["file", "uploaded as", "caption", "size"],
                                     label="Captions (edit, then save)", interactive=True,
                                     wrap=True)
             save_caps = gr.Button("Save captions")
@@ -72,6 +85,8 @@ def _train_tab(studio: Any) -> None:
             base = gr.Dropdown(service.base_choices(studio, "sd15"), allow_custom_value=True,
                                value=(service.base_choices(studio, "sd15") or [None])[0],
                                label=_label("base_model"), info=_info("base_model"))
+            sf_config = gr.Textbox("", label=_label("single_file_config"),
+                                   info=_info("single_file_config"))
             with gr.Row():
                 name = gr.Textbox(_default("output_name"), label=_label("output_name"))
                 trigger = gr.Textbox(label="Trigger words (comma-separated)",
@@ -102,6 +117,8 @@ def _train_tab(studio: Any) -> None:
                 seed = gr.Number(_default("seed"), precision=0, label=_label("seed"))
                 noise_offset = gr.Number(0.0, label=_label("noise_offset"),
                                          info=_info("noise_offset"))
+                attention = gr.Radio(["sdpa", "xformers"], value=_default("attention"),
+                                     label=_label("attention"), info=_info("attention"))
             with gr.Accordion("Prior preservation", open=False):
                 prior = gr.Checkbox(False, label=_label("prior_preservation"))
                 class_prompt = gr.Textbox(label=_label("class_prompt"),
@@ -124,16 +141,16 @@ def _train_tab(studio: Any) -> None:
     samples = gr.Gallery(label="Samples (fixed prompts and seed)", columns=4, height=300)
     timer = gr.Timer(3.0)
 
-    def do_prepare(files, instance, size):
+    def do_prepare(files, instance, size, buckets=False, crop="center"):
         try:
-            ds = service.prepare(studio, files or [], int(size), instance or "")
+            ds = service.prepare(studio, files or [], int(size), instance or "",
+                                 buckets=bool(buckets), crop=crop or "center")
         except ValueError as e:
             raise gr.Error(str(e)) from None
-        imgs = [(str(ds.folder / it.file_name), it.text) for it in ds.items]
-        return str(ds.folder), ds.report().replace("\n", "  \n"), imgs, _captions_frame(
-            str(ds.folder))
+        return str(ds.folder), ds.report().replace("\n", "  \n"), _preview(ds), \
+            _captions_frame(str(ds.folder))
 
-    prep_btn.click(do_prepare, inputs=[files, instance, size],
+    prep_btn.click(do_prepare, inputs=[files, instance, size, buckets, crop],
                    outputs=[dataset_dir, prep_report, preview, captions], api_name="sd_prepare")
 
     def do_save_captions(folder, frame):
@@ -145,7 +162,7 @@ def _train_tab(studio: Any) -> None:
         except ValueError as e:
             raise gr.Error(str(e)) from None
         gr.Info(f"Saved {len(ds.items)} captions.")
-        return [(str(ds.folder / it.file_name), it.text) for it in ds.items]
+        return _preview(ds)
 
     save_caps.click(do_save_captions, inputs=[dataset_dir, captions], outputs=[preview],
                     api_name="sd_save_captions")
@@ -153,12 +170,13 @@ def _train_tab(studio: Any) -> None:
     # new settings go at the end: scripts call sd_train/sd_estimate with positional values
     settings = [dataset_dir, base, name, trigger, size, rank, alpha, steps, lr, sched, warmup,
                 batch, accum, gc, precision, adam8, te, seed, noise_offset, prior, class_prompt,
-                n_class, prior_w, class_dir, sample_prompts, sample_every, epochs]
+                n_class, prior_w, class_dir, sample_prompts, sample_every, epochs, sf_config,
+                attention]
 
     def to_config(values: list[Any]) -> SDTrainConfig:
         (folder, base_v, name_v, trig, size_v, rank_v, alpha_v, steps_v, lr_v, sched_v,
          warm_v, batch_v, accum_v, gc_v, prec_v, adam_v, te_v, seed_v, off_v, prior_v, cp_v,
-         ncls_v, pw_v, cdir_v, sp_v, se_v, epochs_v) = values
+         ncls_v, pw_v, cdir_v, sp_v, se_v, epochs_v, sfc_v, attn_v) = values
         if not folder:
             raise gr.Error("Prepare a dataset first (step 1).")
         cfg = SDTrainConfig(
@@ -174,7 +192,8 @@ def _train_tab(studio: Any) -> None:
             class_prompt=cp_v or "", num_class_images=int(ncls_v), prior_loss_weight=float(pw_v),
             class_images_dir=(cdir_v or "").strip(),
             sample_prompts=[p.strip() for p in (sp_v or "").splitlines() if p.strip()],
-            sample_every=int(se_v))
+            sample_every=int(se_v), single_file_config=(sfc_v or "").strip(),
+            attention=attn_v or "sdpa")
         try:
             cfg.validate()
         except ValueError as e:
@@ -212,6 +231,8 @@ def _generate_tab(studio: Any) -> None:
             base = gr.Dropdown(service.base_choices(studio, "sd15"), allow_custom_value=True,
                                value=(service.base_choices(studio, "sd15") or [None])[0],
                                label="Base model", info="hub id, local folder or .safetensors")
+            sf_config = gr.Textbox("", label=_label("single_file_config"),
+                                   info=_info("single_file_config"))
             prompt = gr.Textbox(label="Prompt", lines=2)
             negative = gr.Textbox(label="Negative prompt")
             with gr.Row():
@@ -252,7 +273,7 @@ def _generate_tab(studio: Any) -> None:
                 inputs=[arch], outputs=[base], api_visibility="private", queue=False)
 
     def do_generate(arch_v, base_v, prompt_v, neg_v, steps_v, guid_v, seed_v, w_v, h_v, b_v,
-                    sched_v, lora1, lora2, lora3, str1, str2, str3,
+                    sched_v, lora1, lora2, lora3, str1, str2, str3, sfc_v="",
                     request: gr.Request = None, progress=gr.Progress()):  # noqa: B008
         loras = [LoraChoice(p, float(s)) for p, s in
                  ((lora1, str1), (lora2, str2), (lora3, str3)) if p]
@@ -261,7 +282,8 @@ def _generate_tab(studio: Any) -> None:
         req = GenerateRequest(base=base_v.strip(), arch=arch_v, prompt=prompt_v or "",
                               negative_prompt=neg_v or "", steps=int(steps_v),
                               guidance=float(guid_v), seed=int(seed_v), width=int(w_v),
-                              height=int(h_v), batch=int(b_v), scheduler=sched_v, loras=loras)
+                              height=int(h_v), batch=int(b_v), scheduler=sched_v, loras=loras,
+                              single_file_config=(sfc_v or "").strip())
         flag = threading.Event()
         session = getattr(request, "session_hash", None) or "api"
         _stop_flags(studio)[session] = flag
@@ -282,7 +304,7 @@ def _generate_tab(studio: Any) -> None:
 
     go.click(do_generate,
              inputs=[arch, base, prompt, negative, steps, guidance, seed, width, height, batch,
-                     scheduler, *lora_boxes, *strengths],
+                     scheduler, *lora_boxes, *strengths, sf_config],
              outputs=[gallery, plan_md], api_name="sd_generate", concurrency_id="gpu")
 
     def do_stop(request: gr.Request = None):

@@ -35,6 +35,11 @@ def test_prepare_estimate_generate_and_errors(client_and_studio, tmp_path):
         size=256, api_name="/sd_prepare")
     assert "1 images ready at 256x256" in report and "bad.jpg" in report
     assert captions["data"][0][2] == "a photo of sks cat"
+    _f, report, gallery, captions = client.predict(
+        files=[handle_file(str(good))], instance="a photo of sks cat", size=256, buckets=True,
+        api_name="/sd_prepare")  # a 400x300 image keeps its shape in the 320x192 bucket
+    assert "buckets around 256x256" in report and captions["data"][0][3] == "320x192"
+    assert gallery[0]["caption"].startswith("[320x192]")
 
     settings = [folder, "some/base", "mine", "sks", 256, 8, 8, 100, 1e-4, "constant", 0, 1, 1,
                 "auto", "fp16", True, False, 42, 0.0, False, "", 100, 1.0, "", "", 100]
@@ -56,6 +61,12 @@ def test_prepare_estimate_generate_and_errors(client_and_studio, tmp_path):
 
     with pytest.raises(Exception, match="write a prompt"):
         client.predict(arch_v="sd15", base_v=str(base), prompt_v=" ", neg_v="", steps_v=2,
+                       guid_v=5, seed_v=5, w_v=32, h_v=32, b_v=1, sched_v="Euler", lora1=None,
+                       lora2=None, lora3=None, str1=1, str2=1, str3=1, api_name="/sd_generate")
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"pickle")
+    with pytest.raises(Exception, match="pickle checkpoint"):
+        client.predict(arch_v="sd15", base_v=str(ckpt), prompt_v="a cat", neg_v="", steps_v=2,
                        guid_v=5, seed_v=5, w_v=32, h_v=32, b_v=1, sched_v="Euler", lora1=None,
                        lora2=None, lora3=None, str1=1, str2=1, str3=1, api_name="/sd_generate")
     assert client.predict(api_name="/sd_stop") == "Nothing is running."
