@@ -4,6 +4,7 @@ transformers ``pipeline("automatic-speech-recognition")`` baseline, in one run.
     python bench/asr.py                      # CPU part; writes bench/results/asr.json
     python bench/asr.py --diarization DIR    # also DER, with a local pyannote pipeline folder
     python bench/asr.py --hf-model DIR       # baseline with real transformers Whisper weights
+    python bench/asr.py --gpu                # GPU part (CUDA); merged into asr.json as "gpu"
 
 Measured:
 - WER of our transcript (`WhisperService.transcribe`, faster-whisper int8 on CPU, Silero VAD,
@@ -16,8 +17,21 @@ Measured:
   tiny.en's exact architecture (built from a config) with tiny.en's real tokenizer, so its
   time is the architecture's cost for a fixed number of decoded tokens (``--baseline-tokens``),
   not a quality figure. Its WER is not reported.
-- On CUDA (the GPU machine): peak VRAM while large-v3 and pyannote are loaded together, when
-  their weights are given (``--gpu-model``, ``--diarization``); recorded as not run otherwise.
+
+GPU part (``--gpu``, the GPU machine, which has no Whisper or pyannote weights, no
+faster-whisper/CTranslate2/PyAV and maybe no ffmpeg): under ``emulate_card(12 GiB)``,
+- Whisper large-v3's architecture with random weights (d_model 1280, 32+32 layers, 128 mel bins,
+  51866 tokens; tiny.en's tokenizer) in fp16 + SDPA, loaded through ``studio.models`` by the
+  tab's own transformers engine (what ``choose_engine`` picks there), on the 30 s clip and on a
+  ~10 min clip made by repeating it; every 30 s chunk decodes exactly ``--baseline-tokens``
+  tokens (written into the model's generation config, so both sides decode the same amount);
+- pyannote's SpeakerDiarization over random segmentation-3.0 PyanNet + WeSpeaker ResNet34,
+  also through ``studio.models``, run in the same transcription (``diarize=True``);
+- peak VRAM (``torch.cuda.max_memory_allocated``) of both together, target <= 6 GiB;
+- RTF of the studio path (file in, speaker-labelled transcript out, word timestamps, batched
+  30 s chunks) against the plain ``pipeline("automatic-speech-recognition")`` on the same
+  folder (fp16, SDPA, 30 s chunks, batch 1, no timestamps), greedy on both sides.
+``--device cpu --arch large-v3-mini`` runs the same code on a CPU for a plumbing check.
 """
 
 from __future__ import annotations
@@ -39,9 +53,11 @@ SR = 16_000
 
 
 def sample_files() -> tuple[Path, Path, Path]:
-    import pyannote.audio
+    """pyannote.audio's sample clip, found without importing pyannote (which may be broken)."""
+    import importlib.util
 
-    d = Path(pyannote.audio.__file__).parent / "sample"
+    spec = importlib.util.find_spec("pyannote.audio")
+    d = Path(list(spec.submodule_search_locations)[0]) / "sample"
     return d / "sample.wav", d / "sample.stm", d / "sample.rttm"
 
 
@@ -88,38 +104,6 @@ def timed(fn, repeats: int) -> tuple[object, float]:
     return out, best
 
 
-def tiny_en_random_folder(tok_dir: Path, out: Path) -> Path:
-    """tiny.en's architecture with random weights + its real tokenizer, as a local folder."""
-    import torch
-    from transformers import (
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperTokenizerFast,
-    )
-
-    cfg = WhisperConfig(vocab_size=51864, num_mel_bins=80, d_model=384, encoder_layers=4,
-                        decoder_layers=4, encoder_attention_heads=6, decoder_attention_heads=6,
-                        encoder_ffn_dim=1536, decoder_ffn_dim=1536, max_source_positions=1500,
-                        max_target_positions=448, decoder_start_token_id=50257,
-                        eos_token_id=50256, pad_token_id=50256, bos_token_id=50256)
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(cfg)
-    g = model.generation_config
-    g.decoder_start_token_id, g.eos_token_id, g.pad_token_id = 50257, 50256, 50256
-    g.no_timestamps_token_id, g.is_multilingual = 50362, False
-    g.suppress_tokens, g.begin_suppress_tokens = [], [220, 50256]
-    g.alignment_heads = [[2, 0], [3, 1]]  # for word timestamps (cross-attention DTW)
-    g._from_model_config = False  # else loading rebuilds it from the model config
-    model.save_pretrained(out)
-    tok = WhisperTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"),
-                               bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                               unk_token="<|endoftext|>", pad_token="<|endoftext|>")
-    tok.save_pretrained(out)
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(out)
-    return out
-
-
 def baseline(model_dir: Path, audio, tokens: int, repeats: int) -> dict:
     import torch
     from transformers import pipeline
@@ -139,22 +123,49 @@ def baseline(model_dir: Path, audio, tokens: int, repeats: int) -> dict:
             "text_chars": len(out["text"])}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--beam-size", type=int, default=5)
     ap.add_argument("--diarization", default="", help="local pyannote pipeline folder")
     ap.add_argument("--hf-model", default="", help="local transformers Whisper folder")
     ap.add_argument("--baseline-tokens", type=int, default=80,
-                    help="fixed decoded tokens per 30 s chunk for the random baseline")
+                    help="fixed decoded tokens per 30 s chunk for random-weight models")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "asr.json"))
-    a = ap.parse_args()
+    g = ap.add_argument_group("GPU part")
+    g.add_argument("--gpu", action="store_true", help="run the GPU part and merge it into --out")
+    g.add_argument("--device", default="cuda", help="cpu: plumbing run of the GPU part")
+    g.add_argument("--arch", default="large-v3", choices=["large-v3", "large-v3-mini"])
+    g.add_argument("--pyannote", default="real", choices=["real", "tiny"])
+    g.add_argument("--long-minutes", type=float, default=10.0,
+                   help="length of the long clip (the 30 s clip repeated)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="30 s chunks per forward (ours; default: the tab's default)")
+    g.add_argument("--card-gib", type=float, default=12.0, help="emulated card size")
+    g.add_argument("--tokenizer", default="", help="folder with tiny.en's tokenizer.json")
+    args = ap.parse_args(argv)
+    if getattr(args, "batch_size", 0) is None:
+        from tabs.whisper.config import TranscribeConfig
 
+        args.batch_size = TranscribeConfig.batch_size
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    if a.gpu:
+        gpu_main(a)
+    else:
+        cpu_main(a)
+
+
+def cpu_main(a: argparse.Namespace) -> None:
     from studio.config import Settings
     from studio.context import build_studio
     from tabs.whisper.audio import load_audio
     from tabs.whisper.config import TranscribeConfig
     from tabs.whisper.diarization import PyannoteDiarizer
+    from tabs.whisper.random_models import random_whisper_folder
     from tabs.whisper.service import get_service
 
     wav, stm, rttm = sample_files()
@@ -188,7 +199,7 @@ def main() -> None:
         folder, note = Path(a.hf_model), "real transformers Whisper weights"
         tokens = 0
     else:
-        folder = tiny_en_random_folder(Path(model), home / "tiny-en-random")
+        folder = random_whisper_folder(home / "tiny-en-random", "tiny.en", Path(model))
         note = ("random weights of tiny.en's architecture with its real tokenizer (no "
                 "transformers Whisper weights offline): speed only, at a fixed "
                 f"{a.baseline_tokens} decoded tokens per 30 s chunk; ours decoded "
@@ -198,14 +209,268 @@ def main() -> None:
                           "note": note, **baseline(folder, audio, tokens, a.repeats)}
     print("baseline:", json.dumps(result["baseline"]))
     result["speedup_rtf"] = round(result["ours"]["rtf"] / result["baseline"]["rtf"], 2)
-    result["gpu"] = ("not run: this file is the CPU part; the GPU part (transformers engine "
-                     "fp16 + SDPA, large-v3 + pyannote peak VRAM) needs the GPU machine and "
-                     "real weights")
     out = Path(a.out)
+    old = json.loads(out.read_text()) if out.exists() else {}
+    result["gpu"] = old.get("gpu", "not run: python bench/asr.py --gpu on the GPU machine")
+    write_json(out, result)
+    studio.close()
+
+
+def write_json(out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print("wrote", out)
-    studio.close()
+
+
+# ----- GPU part ----------------------------------------------------------------------------
+GIB = 1024**3
+
+
+def long_clip(audio, minutes: float, out: Path) -> Path:
+    """The clip repeated to about `minutes`, as a 16 kHz wav file (the tab reads files)."""
+    import numpy as np
+
+    from tabs.whisper.audio import write_wav
+
+    reps = max(1, round(minutes * 60 * SR / len(audio)))
+    return write_wav(out, np.tile(audio, reps))
+
+
+def register_random_diarizer(studio, arch: str):
+    """A PyannoteDiarizer whose manager entry builds the random pipeline (no hub, no files)."""
+    import torch
+
+    from studio.models import ModelSpec
+    from tabs.whisper.diarization import PyannoteDiarizer
+    from tabs.whisper.random_models import random_pyannote_pipeline
+
+    d = PyannoteDiarizer(studio, f"random:{arch}")
+    studio.models.register(ModelSpec(
+        key=d.key, title=f"pyannote {arch} (random weights)",
+        load=lambda dev: random_pyannote_pipeline(arch).to(torch.device(dev)),
+        estimate=int(0.2e9) if studio.device == "cuda" else 0,
+        reserve=int(0.8e9) if studio.device == "cuda" else 0))
+    return d
+
+
+class Peak:
+    """Peak allocated bytes on the GPU between enter and exit (None on a CPU)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.bytes = cuda, None
+
+    def __enter__(self):
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated()
+
+
+def gib(n: int | None) -> float | None:
+    return None if n is None else round(n / GIB, 3)
+
+
+def guarded(what: str, fn) -> dict:
+    """Run one stage; an error (an OOM on the emulated card, a missing package) is recorded in
+    the results instead of losing the stages that worked."""
+    try:
+        return fn()
+    except Exception as e:
+        import traceback
+
+        traceback.print_exc()
+        print(f"{what} failed: {type(e).__name__}: {e}", flush=True)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def attention_of(svc, cfg) -> dict:
+    """The attention the loaded model runs (read back, not assumed)."""
+    from tabs.whisper.engines import attention_in_use
+
+    engine, _ = svc.engine_for(cfg)
+    with svc.studio.models.use(engine.key) as pipe:
+        return attention_in_use(pipe.model)
+
+
+def ours_asr(svc, folder: Path, clips: dict[str, Path], a, cuda: bool) -> dict:
+    """The studio path without diarization: RTF and peak VRAM per clip, greedy; plus the tab's
+    default beam 5 on the 30 s clip, for its memory on a 12 GB card."""
+    from tabs.whisper.config import TranscribeConfig
+    from tabs.whisper.engines import choose_engine
+
+    cfg = TranscribeConfig(model=str(folder), beam_size=1, vad=False, word_timestamps=True,
+                           diarize=False, batch_size=a.batch_size)
+    t = svc.transcribe(clips["30s"], cfg)  # load + warm-up
+    out: dict = {"what": "WhisperService.transcribe: file in, transcript out, model through "
+                         "studio.models",
+                 "engine": t.engine, "engine_line": t.notes[0],
+                 "engine_for_large-v3_here": choose_engine("auto", svc.studio.device,
+                                                           "large-v3")[1],
+                 "dtype": "float16" if cuda else "float32",
+                 "attention": attention_of(svc, cfg),
+                 "batch_size": a.batch_size, "beam_size": 1, "word_timestamps": True}
+    for name, path in clips.items():
+        with Peak(cuda) as pk:
+            t, secs = timed(lambda p=path: svc.transcribe(p, cfg),
+                            a.repeats if name == "30s" else 1)
+        out[name] = {"seconds": round(secs, 3), "rtf": round(t.duration / secs, 2),
+                     "segments": len(t.segments), "peak_allocated_gib": gib(pk.bytes)}
+        print("ours", name, out[name], flush=True)
+
+    def beam5() -> dict:
+        c5 = TranscribeConfig(**{**cfg.__dict__, "beam_size": 5})
+        with Peak(cuda) as pk:
+            t, secs = timed(lambda: svc.transcribe(clips["30s"], c5), 1)
+        return {"seconds": round(secs, 3), "rtf": round(t.duration / secs, 2),
+                "peak_allocated_gib": gib(pk.bytes)}
+
+    out["30s_beam5"] = guarded("ours beam 5", beam5)
+    return out
+
+
+def ours_with_speakers(svc, folder: Path, clips: dict[str, Path], a, cuda: bool) -> dict:
+    """Whisper and pyannote in one transcription (diarize=True): the peak VRAM of both."""
+    from tabs.whisper.config import TranscribeConfig
+
+    cfg = TranscribeConfig(model=str(folder), beam_size=1, vad=False, word_timestamps=True,
+                           diarize=True, batch_size=a.batch_size)
+    d = register_random_diarizer(svc.studio, a.pyannote)
+    nets = ("segmentation-3.0 PyanNet + WeSpeaker ResNet34" if a.pyannote == "real"
+            else "tiny PyanNet + x-vector")
+    both: dict = {"what": f"Whisper {a.arch} (random) + pyannote ({nets}, random) in one "
+                          "transcription with diarize=True, both loaded through studio.models",
+                  "target_gib": 6.0}
+    for name, path in clips.items():
+        with Peak(cuda) as pk:
+            t0 = time.perf_counter()
+            t = svc.transcribe(path, cfg, diarizer=d)
+            secs = time.perf_counter() - t0
+        both[name] = {"peak_allocated_gib": gib(pk.bytes), "seconds": round(secs, 3),
+                      "speakers_note": next((n for n in t.notes if "speaker" in n), ""),
+                      "segments_with_speaker": sum(bool(s.speaker) for s in t.segments)}
+        print("together", name, both[name], flush=True)
+    both["resident_gib"] = {r.key: gib(r.size) for r in svc.studio.models.loaded()}
+    peaks = [both[n]["peak_allocated_gib"] for n in clips]
+    both["within_target"] = None if None in peaks else max(peaks) <= both["target_gib"]
+    return both
+
+
+def baseline_gpu(folder: Path, audios: dict, a, cuda: bool) -> dict:
+    import torch
+    from transformers import pipeline
+
+    dtype = torch.float16 if cuda else torch.float32
+    pipe = pipeline("automatic-speech-recognition", model=str(folder), device=a.device,
+                    dtype=dtype)
+    out: dict = {"what": 'transformers pipeline("automatic-speech-recognition", model=folder, '
+                         f'dtype={dtype}); pipe(audio, chunk_length_s=30, '
+                         'generate_kwargs={"num_beams": 1})',
+                 "attention": getattr(pipe.model.config, "_attn_implementation", None),
+                 "batch_size": 1, "beam_size": 1, "timestamps": False}
+
+    def run(x):
+        return pipe({"raw": x, "sampling_rate": SR}, chunk_length_s=30, batch_size=1,
+                    generate_kwargs={"num_beams": 1})
+
+    run(audios["30s"])  # warm-up
+    for name, x in audios.items():
+        with Peak(cuda) as pk:
+            _, secs = timed(lambda x=x: run(x), a.repeats if name == "30s" else 1)
+        out[name] = {"seconds": round(secs, 3), "rtf": round(len(x) / SR / secs, 2),
+                     "peak_allocated_gib": gib(pk.bytes)}
+        print("baseline", name, out[name], flush=True)
+    return out
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    got = {}
+    for name in ("torch", "transformers", "pyannote.audio", "faster-whisper"):
+        try:
+            got[name] = md.version(name)
+        except md.PackageNotFoundError:
+            got[name] = None
+    return got
+
+
+def gpu_main(a: argparse.Namespace) -> None:
+    import torch
+
+    from studio.config import Settings
+    from studio.context import build_studio
+    from studio.devices import CpuProbe, CudaProbe, emulate_card
+    from tabs.whisper.audio import load_audio
+    from tabs.whisper.random_models import random_whisper_folder, whisper_tokenizer_dir
+    from tabs.whisper.service import get_service
+
+    cuda = a.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("--gpu needs CUDA here; --device cpu --arch large-v3-mini is the plumbing run")
+    tok = whisper_tokenizer_dir(a.tokenizer)
+    if tok is None:
+        sys.exit("no tiny.en tokenizer.json: give --tokenizer DIR or $STUDIO_WHISPER_TOKENIZER")
+    wav = sample_files()[0]
+    home = Path(tempfile.mkdtemp(prefix="asr-gpu-"))
+    t0 = time.perf_counter()
+    folder = random_whisper_folder(home / f"whisper-{a.arch}-random", a.arch, tok,
+                                   dtype=torch.float16 if cuda else None, device=a.device,
+                                   fixed_tokens=a.baseline_tokens)
+    build_s = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.empty_cache()
+        emulate_card(int(a.card_gib * GIB))
+    audio = load_audio(wav)
+    clips = {"30s": wav, "long": long_clip(audio, a.long_minutes, home / "long.wav")}
+    audios = {"30s": audio, "long": load_audio(clips["long"])}
+    studio = build_studio(Settings(home=home / "studio", profile="small",
+                                   vram_budget=int(a.card_gib * GIB) if cuda else None),
+                          probe=CudaProbe(0) if cuda else CpuProbe(), start_jobs=False)
+    result: dict = {
+        "device": device_name() if cuda else f"{device_name()} (plumbing run, not a result)",
+        "emulated_card_gib": a.card_gib if cuda else None,
+        "versions": versions(),
+        "clips": {"30s": "pyannote.audio sample.wav, 30 s",
+                  "long": f"the same clip repeated, {len(audios['long']) / SR / 60:.1f} min"},
+        "model": f"Whisper {a.arch} architecture, random weights, tiny.en tokenizer "
+                 f"(no transformers Whisper weights on the GPU machine); built and saved in "
+                 f"{build_s:.1f} s",
+        "fixed_tokens_per_chunk": a.baseline_tokens,
+        "note": "speed and memory only: random weights decode nonsense, so no WER/DER here; "
+                "both sides decode exactly fixed_tokens_per_chunk tokens per 30 s chunk "
+                "(min_new_tokens = max_new_tokens in the model's generation config), greedy "
+                "(beam 1) on both sides unless a key says otherwise",
+    }
+    svc = get_service(studio)
+    try:
+        result["ours"] = guarded("ours", lambda: ours_asr(svc, folder, clips, a, cuda))
+        result["together"] = guarded("whisper + pyannote",
+                                     lambda: ours_with_speakers(svc, folder, clips, a, cuda))
+    finally:
+        studio.close()
+    if cuda:
+        torch.cuda.empty_cache()
+    result["baseline"] = guarded("baseline", lambda: baseline_gpu(folder, audios, a, cuda))
+    ours, base = result["ours"], result["baseline"]
+    result["speedup_rtf"] = {n: round(ours[n]["rtf"] / base[n]["rtf"], 2) for n in clips
+                             if n in ours and n in base}
+    out = Path(a.out)
+    merged = json.loads(out.read_text()) if out.exists() else {}
+    merged["gpu"] = result
+    write_json(out, merged)
+    print(json.dumps(result, indent=1))
+    failed = [k for k, v in result.items() if isinstance(v, dict) and "error" in v]
+    if failed:
+        sys.exit(f"stages failed: {', '.join(failed)} (errors are in {out})")
 
 
 if __name__ == "__main__":

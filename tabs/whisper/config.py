@@ -28,7 +28,8 @@ class TranscribeConfig:
     num_speakers: int | None = None  # exact count, or None = auto within min/max
     min_speakers: int | None = None
     max_speakers: int | None = None
-    batch_size: int = 8  # transformers engine: 30 s chunks per forward pass
+    batch_size: int = 4  # transformers engine: 30 s chunks per forward pass (4: large-v3 +
+    # pyannote stay under 6 GiB with word timestamps; 8 measured 7.47 GiB on a 10 min file)
 
     def validate(self) -> TranscribeConfig:
         if self.engine not in ENGINES:

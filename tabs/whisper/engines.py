@@ -67,10 +67,27 @@ def model_format(model: str) -> str:
                      " a hub id or a local folder")
 
 
+def faster_whisper_missing() -> str | None:
+    """Why faster-whisper cannot run at all here (not installed), or None."""
+    import importlib.util
+
+    for mod in ("faster_whisper", "ctranslate2"):
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):  # a broken install counts as missing
+            found = False
+        if not found:
+            return f"{mod.replace('_', '-')} is not installed"
+    return None
+
+
 def ctranslate2_cuda_problem() -> str | None:
     """Why CTranslate2 cannot use the GPU here, or None when it can."""
     import ctypes
 
+    missing = faster_whisper_missing()
+    if missing:
+        return missing
     import ctranslate2
 
     if ctranslate2.get_cuda_device_count() == 0:
@@ -99,9 +116,19 @@ def choose_engine(requested: str, device: str, model: str) -> tuple[str, str]:
         if requested == "faster-whisper" and fmt == "hf":
             raise ValueError("faster-whisper needs a CTranslate2 folder or a size name; this "
                              "folder is a transformers model")
+        if requested == "faster-whisper" and faster_whisper_missing():
+            raise ValueError(f"{faster_whisper_missing()}: pip install faster-whisper, or "
+                             "choose the transformers engine")
         return requested, f"{requested} (chosen by you)"
     if fmt == "hf":
         return "transformers", "transformers (the model is a transformers folder)"
+    missing = faster_whisper_missing()
+    if missing and fmt == "ct2":
+        raise ValueError(f"this folder is a CTranslate2 model, but {missing}: pip install "
+                         "faster-whisper, or use a transformers Whisper folder or size name")
+    if missing:
+        where = "fp16 + SDPA on the GPU" if device == "cuda" else "on the CPU"
+        return "transformers", f"transformers {where} ({missing})"
     if device == "cuda":
         problem = ctranslate2_cuda_problem()
         if problem and fmt == "ct2":
@@ -203,6 +230,7 @@ class TransformersWhisperEngine:
         offline = bool(getattr(self.studio.settings, "offline", False))
         model = WhisperForConditionalGeneration.from_pretrained(
             self.model, dtype=dtype, attn_implementation="sdpa", local_files_only=offline)
+        keep_encoder_on_sdpa(model)
         proc = AutoProcessor.from_pretrained(self.model, local_files_only=offline)
         return pipeline("automatic-speech-recognition", model=model.to(self.device).eval(),
                         tokenizer=proc.tokenizer, feature_extractor=proc.feature_extractor,
@@ -243,6 +271,10 @@ class TransformersWhisperEngine:
                 gen["prompt_ids"] = pipe.tokenizer.get_prompt_ids(
                     cfg.initial_prompt, return_tensors="pt").to(pipe.device)
             for start in range(0, len(audio), window):
+                if pipe.model.model.encoder.config is not pipe.model.config:
+                    # undo the eager switch of an earlier word-timestamp run; generate makes it
+                    # again for the decoder when this run asks for word timestamps
+                    pipe.model.config._attn_implementation = "sdpa"
                 part = audio[start:start + window]
                 offset = start / SAMPLE_RATE
                 out = pipe({"raw": part, "sampling_rate": SAMPLE_RATE}, chunk_length_s=30,
@@ -273,6 +305,29 @@ class TransformersWhisperEngine:
                 res.segments.append(Segment(t0, t1, text.strip()))
         if words:
             res.segments = []
+
+
+def keep_encoder_on_sdpa(model: Any) -> None:
+    """transformers turns the whole Whisper model to eager attention for word timestamps (the
+    decoder's cross-attention weights are read for alignment) and leaves it so. The encoder (1500
+    frames of self-attention in every layer: most of the compute and, in eager, a 1500 x 1500
+    matrix per head) never needs those weights, so its layers get a config of their own that
+    stays on SDPA."""
+    import copy
+
+    shared = model.config
+    if shared._attn_implementation != "sdpa":
+        return
+    own = copy.copy(shared)
+    for module in model.model.encoder.modules():
+        if getattr(module, "config", None) is shared:
+            module.config = own
+
+
+def attention_in_use(model: Any) -> dict[str, str]:
+    """Which attention the encoder and the decoder run now (shown in the benchmark)."""
+    return {"encoder": model.model.encoder.layers[0].self_attn.config._attn_implementation,
+            "decoder": model.model.decoder.layers[0].self_attn.config._attn_implementation}
 
 
 def make_engine(name: str, studio: Any, cfg: TranscribeConfig, model: str) -> Any:

@@ -1,7 +1,8 @@
 """WhisperService: audio file -> speaker-labelled `Transcript`, renames, exports, post-edits.
 
 One per Studio (``studio.extras["whisper"]``). Transcripts are saved under
-``exports_dir/whisper/<id>/`` so a script can rename or export them by id later.
+``exports_dir/whisper/<id>/`` so a script can rename, export or play them by id later; the
+decoded recording is kept there too (``audio.wav``), so a click on a segment plays from it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tabs.whisper.audio import AudioError, load_audio
 from tabs.whisper.config import TranscribeConfig
 from tabs.whisper.diarization import DiarizationUnavailable, PyannoteDiarizer
 from tabs.whisper.engines import EngineResult, choose_engine, make_engine
+from tabs.whisper.playback import AUDIO_FILE, cut_from, save_recording
 from tabs.whisper.postedit import Edit, apply_edits, propose_edits
 from tabs.whisper.speakers import Turn, assign_speakers, label_segments, merge_words
 from tabs.whisper.transcript import Transcript
@@ -99,18 +101,21 @@ class WhisperService:
             raise AudioError(f"no speech found in {Path(path).name}"
                              + (" (voice detection found none)" if cfg.vad else ""))
         notes = [f"engine: {why}", *res.notes]
+        heard = audio  # what the transcript covers: all of it, or up to the Stop
         if res.stopped_at is not None:
             notes.append(f"stopped at {formats.clock(res.stopped_at)}: partial transcript")
-            audio = audio[: int(res.stopped_at * 16000) + 16000]
+            heard = audio[: int(res.stopped_at * 16000) + 16000]
         turns: list[Turn] | None = None
         if cfg.diarize and not (stop is not None and stop.is_set()):
             report(0.82, "finding speakers")
-            turns, note = self._diarize(audio, cfg, hf_token, diarization_source, diarizer)
+            turns, note = self._diarize(heard, cfg, hf_token, diarization_source, diarizer)
             if note:
                 notes.append(note)
         t = self._build(res, turns, cfg)
         t.engine, t.model, t.notes = engine.name, engine.model, notes
         t.source = Path(path).name
+        t.id = self.new_id()
+        save_recording(audio, self.root / t.id)  # the whole recording, to play from any segment
         t.notes.append(f"real-time factor {t.duration / max(asr_seconds, 1e-6):.1f}x "
                        "(audio seconds per second of transcription)")
         report(1.0, "done")
@@ -142,8 +147,13 @@ class WhisperService:
         return Transcript(segments=segments, language=res.language, duration=res.duration)
 
     # ----- storage ---------------------------------------------------------------------------
+    @staticmethod
+    def new_id() -> str:
+        return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
     def save(self, t: Transcript, transcript_id: str | None = None) -> str:
-        tid = transcript_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        tid = transcript_id or t.id or self.new_id()
+        t.id = tid
         t.save(self.root / tid / "transcript.json")
         return tid
 
@@ -164,6 +174,15 @@ class WhisperService:
         t = self.get(transcript_id)
         stem = Path(t.source).stem or "transcript"
         return formats.export(t, fmt, self.root / Path(transcript_id).name, stem)
+
+    def play_from(self, transcript_id: str, index: int) -> tuple[Path, float]:
+        """A short wav of the recording from segment `index`'s start, and that start."""
+        t = self.get(transcript_id)
+        if not 0 <= index < len(t.segments):
+            raise ValueError(f"no segment {index}: this transcript has {len(t.segments)}")
+        start = t.segments[index].start
+        folder = self.root / Path(transcript_id).name
+        return cut_from(folder / AUDIO_FILE, start, folder / "clips"), start
 
     # ----- post-edit -------------------------------------------------------------------------
     def propose(self, transcript_id: str, glossary: list[str], engine: Any = None,

@@ -41,6 +41,7 @@ class Transcript:
     names: dict[str, str] = field(default_factory=dict)  # speaker id -> display name
     notes: list[str] = field(default_factory=list)
     source: str = ""
+    id: str = ""  # folder name under the service's root; set when transcribed
 
     @property
     def speakers(self) -> list[str]:

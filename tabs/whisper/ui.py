@@ -1,6 +1,11 @@
 """The Transcribe tab. Thin: widgets -> `TranscribeConfig` -> `WhisperService`, errors ->
 `gr.Error`. Scriptable with gradio_client through ``whisper_transcribe``, ``whisper_stop``,
-``whisper_rename``, ``whisper_export``, ``whisper_postedit`` and ``whisper_accept``.
+``whisper_rename``, ``whisper_export``, ``whisper_play``, ``whisper_postedit`` and
+``whisper_accept``.
+
+Click-to-play: the transcript view's own script sends the clicked segment's index with a
+``click`` event; the handler answers with a short cut of the recording from that segment's start,
+which the player autoplays (`tabs.whisper.playback`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,22 @@ from tabs.whisper.transcript import Transcript
 COLOURS = ["#2e86c1", "#c0392b", "#239b56", "#af7ac5", "#d68910", "#17a589", "#7f8c8d"]
 LANGUAGES = ["auto", "en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "zh", "ja", "ko"]
 EMPTY = "<p class='whisper-empty'>The transcript appears here.</p>"
+# Delegated on the view's root, so it survives every re-render of the transcript (rename, accept).
+CLICK_JS = """
+const play = (seg) => trigger('click', {segment: Number(seg.dataset.index)});
+element.addEventListener('click', (e) => {
+  const seg = e.target.closest('.whisper-seg');
+  if (seg) play(seg);
+});
+element.addEventListener('keydown', (e) => {
+  const seg = e.target.closest('.whisper-seg');
+  if (seg && (e.key === 'Enter' || e.key === ' ')) { e.preventDefault(); play(seg); }
+});
+"""
+VIEW_CSS = """
+.whisper-seg { cursor: pointer; padding: 2px 6px; border-radius: 6px; }
+.whisper-seg:hover, .whisper-seg:focus { background: var(--background-fill-secondary); }
+"""
 
 
 def _err(exc: Exception) -> gr.Error:
@@ -34,12 +55,13 @@ def transcript_html(t: Transcript) -> str:
         return EMPTY
     colour = {s: COLOURS[i % len(COLOURS)] for i, s in enumerate(t.speakers)}
     rows = []
-    for s in t.segments:
+    for i, s in enumerate(t.segments):
         who = t.name_of(s.speaker)
         c = colour.get(s.speaker or "", "#555")
         head = f"<b style='color:{c}'>{html.escape(who)}</b> " if who else ""
         conf = f" title='confidence {s.confidence:.2f}'" if s.confidence is not None else ""
-        rows.append(f"<div class='whisper-seg' data-start='{s.start:.2f}'{conf}>"
+        rows.append(f"<div class='whisper-seg' role='button' tabindex='0' data-index='{i}' "
+                    f"data-start='{s.start:.2f}'{conf}>"
                     f"<code>{clock(s.start)}–{clock(s.end)}</code> {head}"
                     f"{html.escape(s.text)}</div>")
     return "\n".join(rows)
@@ -96,7 +118,10 @@ def build_ui(studio: Any) -> None:
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column(scale=3):
             notes = gr.Markdown()
-            view = gr.HTML(EMPTY)
+            view = gr.HTML(EMPTY, js_on_load=CLICK_JS, css_template=VIEW_CSS)
+            player = gr.Audio(label="Click a segment to play from there", type="filepath",
+                              interactive=False, autoplay=True)
+            segment_no = gr.Number(0, precision=0, visible=False)  # the index, for scripts
             tid = gr.Textbox(label="Transcript id", interactive=False)
             with gr.Row():
                 speaker = gr.Dropdown([], label="Speaker", allow_custom_value=True)
@@ -148,6 +173,16 @@ def build_ui(studio: Any) -> None:
         except ValueError as e:
             raise _err(e) from None
 
+    def do_play(transcript_id, index, evt: gr.EventData):
+        """From a click in the view the segment comes with the event; from a script, as
+        `index`."""
+        clicked = (getattr(evt, "_data", None) or {}).get("segment")
+        try:
+            clip, _ = svc.play_from(transcript_id, int(index if clicked is None else clicked))
+        except ValueError as e:
+            raise _err(e) from None
+        return str(clip)
+
     def do_propose(transcript_id, gloss):
         try:
             edits = svc.propose(transcript_id, [g for g in (gloss or "").split(",")])
@@ -169,6 +204,8 @@ def build_ui(studio: Any) -> None:
     stop.click(do_stop, None, None, api_name="whisper_stop", queue=False)
     rename.click(do_rename, [tid, speaker, new_name], [view, speaker], api_name="whisper_rename")
     export.click(do_export, [tid, fmt], out_file, api_name="whisper_export")
+    view.click(do_play, [tid, segment_no], player, api_name="whisper_play")
+    tid.change(lambda: None, None, player, api_visibility="private")
     propose.click(do_propose, [tid, glossary], diff, api_name="whisper_postedit",
                   concurrency_id="gpu")
     accept.click(do_accept, [tid], [view, diff], api_name="whisper_accept")

@@ -1,11 +1,16 @@
-"""The Transcribe tab through gradio_client: transcribe, export, rename errors, bad input."""
+"""The Transcribe tab through gradio_client: transcribe, export, play from a segment, rename
+errors, bad input."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
+from tabs.whisper.audio import load_audio
 from tests.conftest import launch_studio, stop_studio
 
 pytestmark = pytest.mark.slow
@@ -16,7 +21,8 @@ def test_transcribe_and_export_over_the_api(tmp_path):
 
     wav = tmp_path / "hello.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav),
-                    "Please send the report to the whole team."], check=True)
+                    "Please send the report to the whole team. Then we meet again on Friday "
+                    "morning to plan the next release."], check=True)
     bad = tmp_path / "broken.mp3"
     bad.write_bytes(b"ID3 not really an mp3" * 20)
     s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.whisper"])
@@ -32,9 +38,72 @@ def test_transcribe_and_export_over_the_api(tmp_path):
         srt = c.predict(tid, "srt", api_name="/whisper_export")
         text = open(srt, encoding="utf-8").read()
         assert text.startswith("1\n00:00:0") and "report" in text.lower()
+        # what a click on segment 1 plays: the recording from that segment's start
+        segs = json.load(open(c.predict(tid, "json", api_name="/whisper_export")))["segments"]
+        assert len(segs) >= 2
+        clip = c.predict(tid, 1, api_name="/whisper_play")
+        got, source = load_audio(clip), load_audio(wav)
+        first = round(segs[1]["start"] * 16000)
+        assert first > 0 and len(got) == len(source) - first
+        assert np.abs(got - source[first:]).max() < 2e-4
+        with pytest.raises(Exception, match="no segment 7"):
+            c.predict(tid, 7, api_name="/whisper_play")
         with pytest.raises(Exception, match="no speaker"):
             c.predict(tid, "SPEAKER_00", "Ann", api_name="/whisper_rename")
         with pytest.raises(Exception, match="could not be decoded"):
             c.predict(handle_file(str(bad)), None, *args, api_name="/whisper_transcribe")
     finally:
         stop_studio(s, app)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_clicking_a_segment_loads_the_player_from_there(tmp_path):
+    """In a real browser: a click (or Enter) on a transcript segment puts the cut that starts at
+    that segment into the player, through the view's own script and the click event."""
+    from playwright.sync_api import sync_playwright
+
+    from tabs.whisper.service import get_service
+
+    wav = tmp_path / "talk.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav),
+                    "Please send the report to the whole team. Then we meet again on Friday "
+                    "morning to plan the next release."], check=True)
+    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.whisper"])
+    errors: list[str] = []
+    try:
+        if not s.choices["whisper"].source:
+            pytest.skip("tiny.en weights not installed")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url, wait_until="load", timeout=60_000)
+            page.get_by_role("tab", name="Transcribe").click()
+            page.locator("input[type=file]").first.set_input_files(str(wav))
+            page.get_by_role("button", name="Transcribe", exact=True).click()
+            segs = page.locator(".whisper-seg")
+            segs.nth(1).wait_for(timeout=60_000)
+            svc = get_service(s)
+            tid = next(svc.root.glob("*/transcript.json")).parent.name
+            starts = [seg.start for seg in svc.get(tid).segments]
+
+            def player_has(start: float) -> None:
+                name = f"from_{round(start * 1000):09d}.wav"
+                page.locator(f"a[href$='{name}']").first.wait_for(state="attached",
+                                                                  timeout=15_000)
+
+            segs.nth(1).click()
+            player_has(starts[1])
+            segs.nth(0).focus()
+            page.keyboard.press("Enter")
+            player_has(starts[0])
+            browser.close()
+    finally:
+        stop_studio(s, app)
+    assert not errors, errors

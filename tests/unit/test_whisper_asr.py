@@ -189,39 +189,12 @@ def test_missing_diarization_source_is_a_note_not_a_crash(svc, dialogue, tmp_pat
     assert t.segments and all(s.speaker is None for s in t.segments)
 
 
-def tiny_random_hf_whisper(tok_dir: Path, out: Path) -> Path:
-    """A tiny random transformers Whisper (real tokenizer of tiny.en) for engine plumbing: no
-    transformers Whisper weights exist offline."""
-    import torch
-    from transformers import (
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperTokenizerFast,
-    )
-
-    cfg = WhisperConfig(vocab_size=51864, num_mel_bins=80, d_model=64, encoder_layers=1,
-                        decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                        encoder_ffn_dim=128, decoder_ffn_dim=128, max_target_positions=48,
-                        decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256,
-                        bos_token_id=50256)
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(cfg)
-    g = model.generation_config
-    g.decoder_start_token_id, g.eos_token_id, g.pad_token_id = 50257, 50256, 50256
-    g.no_timestamps_token_id, g.is_multilingual, g.max_length = 50362, False, 48
-    g.suppress_tokens, g.begin_suppress_tokens = [], [220, 50256]
-    g.alignment_heads, g._from_model_config = [[0, 0], [0, 1]], False
-    model.save_pretrained(out)
-    WhisperTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"),
-                         bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                         unk_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(out)
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(out)
-    return out
-
-
 def test_transformers_engine_plumbing_with_tiny_random_model(svc, dialogue, tmp_path):
-    folder = tiny_random_hf_whisper(Path(svc.default_model()), tmp_path / "hf-tiny")
+    from tabs.whisper.random_models import random_whisper_folder
+
+    # no transformers Whisper weights exist offline: random weights, tiny.en's real tokenizer
+    folder = random_whisper_folder(tmp_path / "hf-tiny", "tiny", Path(svc.default_model()),
+                                   fixed_tokens=24)
     seen = []
     t = svc.transcribe(dialogue[0], TranscribeConfig(model=str(folder), batch_size=1,
                                                      beam_size=1, diarize=False),
@@ -231,3 +204,30 @@ def test_transformers_engine_plumbing_with_tiny_random_model(svc, dialogue, tmp_
     assert sum("transcribing" in m for m in seen) >= 1  # one progress step per 30 s window
     times = [(w.start, w.end) for s in t.segments for w in s.words]
     assert times and all(0 <= a <= b <= t.duration + 0.01 for a, b in times)
+    # transformers flips the model to eager attention for word timestamps; only the decoder
+    # needs it, the encoder keeps SDPA
+    from tabs.whisper.engines import attention_in_use
+
+    engine, _ = svc.engine_for(TranscribeConfig(model=str(folder)))
+    with svc.studio.models.use(engine.key) as pipe:
+        assert attention_in_use(pipe.model) == {"encoder": "sdpa", "decoder": "eager"}
+
+
+def test_click_to_play_cuts_the_recording_at_each_segment(svc, dialogue):
+    """What a click on a segment plays: the saved recording from that segment's start, sample
+    for sample (16-bit rounding aside), up to PLAY_WINDOW_S or the end of the recording."""
+    from tabs.whisper.playback import PLAY_WINDOW_S
+
+    t = svc.transcribe(dialogue[0], TranscribeConfig(beam_size=1, diarize=False))
+    tid = svc.save(t)
+    source = load_audio(dialogue[0])
+    assert len(t.segments) >= 2
+    for i in (0, len(t.segments) - 1):
+        clip, start = svc.play_from(tid, i)
+        assert start == t.segments[i].start
+        got = load_audio(clip)
+        first = round(start * 16000)
+        assert len(got) == min(PLAY_WINDOW_S * 16000, len(source) - first)
+        assert np.abs(got - source[first:first + len(got)]).max() < 2e-4
+    with pytest.raises(ValueError, match="no segment 99"):
+        svc.play_from(tid, 99)

@@ -1,5 +1,6 @@
 """Whisper tab logic without models: speakers, segments, subtitle formats, renames, post-edit,
-engine choice and bad input. Subtitles are checked by parsing them with pysrt and webvtt-py."""
+engine choice, bad input, the wav decoder used without PyAV, and click-to-play cuts. Subtitles are
+checked by parsing them with pysrt and webvtt-py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tabs.whisper import formats
+from tabs.whisper import engines, formats
 from tabs.whisper.audio import AudioError, load_audio
 from tabs.whisper.config import TranscribeConfig
 from tabs.whisper.engines import choose_engine, model_format
@@ -207,6 +208,84 @@ def test_video_with_sound_decodes(tmp_path):
                     "-c:a", "libopus", str(clip)], check=True)
     audio = load_audio(clip)
     assert audio.dtype == np.float32 and abs(len(audio) / 16000 - 1.5) < 0.1
+
+
+def test_without_faster_whisper_the_transformers_engine_is_chosen(monkeypatch, tmp_path):
+    """The GPU machine (CUDA 13) has no faster-whisper/CTranslate2: a size name must go to the
+    transformers engine, and a CTranslate2 folder must say what to install."""
+    monkeypatch.setattr(engines, "faster_whisper_missing", lambda: "ctranslate2 is not installed")
+    name, why = choose_engine("auto", "cuda", "large-v3")
+    assert name == "transformers" and "fp16" in why and "not installed" in why
+    assert choose_engine("auto", "cpu", "tiny.en")[0] == "transformers"
+    ct2 = tmp_path / "ct2"
+    ct2.mkdir()
+    (ct2 / "model.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="pip install faster-whisper"):
+        choose_engine("auto", "cuda", str(ct2))
+    with pytest.raises(ValueError, match="transformers engine"):
+        choose_engine("faster-whisper", "cuda", "large-v3")
+
+
+def test_wav_decodes_without_pyav(monkeypatch, tmp_path):
+    """Where PyAV is missing, PCM wav still decodes (resampled, mixed to mono); other formats
+    say what is missing."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av -> ImportError
+    t = np.arange(44100 * 2) / 44100
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    stereo = (np.stack([tone, tone], axis=1) * 32767).astype("<i2")
+    path = tmp_path / "tone.wav"
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(2)
+        f.setsampwidth(2)
+        f.setframerate(44100)
+        f.writeframes(stereo.tobytes())
+    audio = load_audio(path)
+    assert audio.dtype == np.float32 and abs(len(audio) - 32000) <= 1
+    ref = 0.5 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)
+    assert np.abs(audio[1000:31000] - ref[1000:31000]).max() < 0.01
+    mp3 = tmp_path / "talk.mp3"
+    mp3.write_bytes(b"ID3" * 100)
+    with pytest.raises(AudioError, match="needs PyAV"):
+        load_audio(mp3)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00garbage" * 50)
+    with pytest.raises(AudioError, match="could not be decoded"):
+        load_audio(bad)
+
+
+def test_play_cut_starts_at_the_segment_in_a_long_recording(tmp_path):
+    """A click cuts `PLAY_WINDOW_S` from the segment start out of the saved 16 kHz copy by
+    seeking: the samples are the recording's own from that time, also an hour in, and the
+    cut takes milliseconds, not a pass over the whole file."""
+    import time
+
+    from tabs.whisper.playback import KEEP_CLIPS, PLAY_WINDOW_S, cut_from, save_recording
+
+    rng = np.random.default_rng(0)
+    minutes = 20
+    audio = (rng.standard_normal(minutes * 60 * 16000) * 0.2).astype(np.float32)
+    rec = save_recording(audio, tmp_path / "t1")
+    for start in (0.0, 1000.55, minutes * 60 - 30.0):
+        t0 = time.perf_counter()
+        clip = cut_from(rec, start, tmp_path / "t1" / "clips")
+        assert time.perf_counter() - t0 < 1.0
+        got = load_audio(clip)
+        first = round(start * 16000)
+        want = np.clip(audio[first:first + len(got)], -1, 1)
+        assert len(got) == min(PLAY_WINDOW_S * 16000, len(audio) - first)
+        assert np.abs(got - want).max() < 2e-4  # 16-bit rounding only
+    assert cut_from(rec, 1000.55, tmp_path / "t1" / "clips").name == "from_001000550.wav"
+    for k in range(12):  # clicking through many segments keeps only the newest cuts
+        cut_from(rec, 10.0 + k, tmp_path / "t1" / "clips", seconds=1.0)
+    kept = sorted(p.name for p in (tmp_path / "t1" / "clips").glob("from_*.wav"))
+    assert len(kept) == KEEP_CLIPS and kept[-1] == "from_000021000.wav"
+    assert "from_000000000.wav" not in kept and "from_000010000.wav" not in kept
+    with pytest.raises(ValueError, match="past the end"):
+        cut_from(rec, minutes * 60 + 5.0, tmp_path / "t1" / "clips")
+    with pytest.raises(ValueError, match="no saved recording"):
+        cut_from(tmp_path / "none" / "audio.wav", 0.0, tmp_path / "none")
 
 
 def test_logic_modules_do_not_import_gradio():
