@@ -32,6 +32,7 @@ from tabs.rag.loaders import (
 )
 
 Progress = Callable[[int, int, str], None]
+APPLY_DOCS = 500  # documents per knowledge-base write (bounds the memory of one Chroma add)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class IngestResult:
     removed: list[str] = field(default_factory=list)
     chunks: int = 0
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # read, model, embed, store
     run_id: str | None = None  # set when it went to a background job
 
     def as_dict(self) -> dict[str, Any]:
@@ -154,9 +156,11 @@ def apply(kb: KnowledgeBase, prep: Prepared, vectors: list[np.ndarray]) -> Inges
     res = IngestResult(unchanged=list(prep.unchanged))
     with kb.batch():
         # zip stops at the last document with vectors (a cancelled job finished fewer)
-        for (doc, chunks), vecs in zip(prep.docs, vectors, strict=False):
-            res.chunks += kb.put_document(doc, chunks, vecs)
-            res.indexed.append((doc.name, len(chunks)))
+        done = [(doc, chunks, vecs) for (doc, chunks), vecs in
+                zip(prep.docs, vectors, strict=False)]
+        for i in range(0, len(done), APPLY_DOCS):  # a few Chroma commits, not one per file
+            res.chunks += kb.put_documents(done[i:i + APPLY_DOCS])
+        res.indexed = [(doc.name, len(chunks)) for doc, chunks, _ in done]
         for s in prep.skipped:
             res.skipped.append((s.name, s.reason))
             if not s.name.endswith("/"):  # ignored folders are reported, not listed as sources
@@ -208,7 +212,7 @@ def run(config: dict[str, Any], report: Any) -> None:
 
     config: kb_dir, paths, folder (or None), folder_prefix, embedder, limits.
     """
-    from tabs.rag.embedders import encode, load_embedder
+    from tabs.rag.embedders import batch_threads, encode, load_embedder, torch_threads
 
     limits = IngestLimits(**config.get("limits", {}))
     out = Path(report.run_dir) / "ingest"
@@ -234,8 +238,9 @@ def run(config: dict[str, Any], report: Any) -> None:
         report.progress(done, total, msg)
         report.metrics(done, chunks_per_s=done / max(time.perf_counter() - t0, 1e-9))
 
-    vectors = embed_prepared(prep, lambda t: encode(model, t), progress=progress,
-                             should_stop=report.should_stop)
+    with torch_threads(batch_threads()):  # a core stays free for the app and the machine
+        vectors = embed_prepared(prep, lambda t: encode(model, t), progress=progress,
+                                 should_stop=report.should_stop)
     save_prepared(out, prep, vectors)
     report.artifact(out / "done.json", kind="file", label="ingest summary")
     report.log(f"embedded {sum(len(v) for v in vectors)} chunks in "

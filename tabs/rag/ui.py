@@ -234,6 +234,15 @@ def build_ui(studio: Any) -> None:
         return (_ingest_md(res), skipped, table, picker, run_update,
                 gr.update(choices=svc.list_kbs(), value=name))
 
+    def warm(name: str | None) -> None:
+        """Load the knowledge base's indexes and models before the question is asked."""
+        if not name or name not in svc.list_kbs():
+            return
+        try:
+            svc.warm(name)
+        except (ValueError, BudgetExceeded):
+            return  # opportunistic: asking will show the same error where it belongs
+
     def list_sources(name: str | None):
         try:
             return _sources_update(svc, name)[0]
@@ -359,6 +368,11 @@ def build_ui(studio: Any) -> None:
     kb.change(kb_changed, inputs=[kb],
               outputs=[sources_df, del_path, eval_table, eval_bars, eval_hist],
               api_visibility="private")
+    # A cold first question on a big knowledge base took seconds (models, BM25, Chroma's
+    # index); warm when one is picked and when the question box is entered.
+    for trigger in (kb.change, question.focus):
+        trigger(warm, inputs=[kb], api_visibility="private", concurrency_id="gpu",
+                show_progress="hidden", trigger_mode="once")
     ingest_btn.click(ingest, inputs=[kb, files, folder, mode],
                      outputs=[ingest_md, skipped_df, sources_df, del_path, panel.run_picker, kb],
                      api_name="rag_ingest", concurrency_id="gpu")

@@ -296,3 +296,73 @@ def test_chroma_server_mode_against_a_real_chroma_run(tmp_path):
             studio.close()
         server.terminate()
         server.wait(timeout=10)
+
+
+# ----- performance behaviour (bench/rag.py measures the numbers) --------------------------------
+def test_warm_loads_what_the_first_question_needs(rag, tmp_path):
+    studio, svc, _ = rag
+    svc.set_reranker(str(_tiny_cross_encoder(tmp_path / "ce")))
+    try:
+        studio.models.evict_all()  # as after a restart or another tab's big model
+        before = dict(studio.models.load_counts)
+        steps = svc.warm("notes")
+        assert set(steps) == {"bm25", "embedder", "vector", "reranker"}
+        warmed = dict(studio.models.load_counts)
+        assert sum(warmed.values()) == sum(before.values()) + 2, "embedder and reranker"
+        res = svc.search("notes", "When did I plant the tomatoes?",
+                         RetrievalConfig(top_k=3, rerank=True))
+        assert res.hits and studio.models.load_counts == warmed, "the question loads nothing"
+    finally:
+        svc.set_reranker(None)
+
+
+def test_a_search_runs_its_models_on_the_query_threads_only(rag, monkeypatch):
+    import torch
+
+    _, svc, _ = rag
+    seen = []
+    encode = svc.encode
+
+    def spy(kb, texts):
+        seen.append(torch.get_num_threads())
+        return encode(kb, texts)
+
+    monkeypatch.setattr(svc, "encode", spy)
+    monkeypatch.setattr(svc, "query_threads", 1)
+    outside = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert svc.search("notes", "guest wifi password").hits[0].chunk.path == "wifi.txt"
+        assert seen == [1], "a busy machine stalls a query that spreads over every core"
+        assert torch.get_num_threads() == 2, "the request thread gets its count back"
+    finally:
+        torch.set_num_threads(outside)
+
+
+def test_a_folder_of_small_notes_is_stored_in_one_chroma_write(rag):
+    studio, svc, _ = rag
+    folder = studio.settings.home / "many"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"n{i:02d}.md").write_text(f"# Locker {i}\n\nLocker {i} holds box {i * 7}.\n")
+    kb = svc.create_kb("many")
+    adds = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def add(self, **kw):
+            adds.append(len(kw["ids"]))
+            return self.inner.add(**kw)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    kb.collection = Counting(kb.collection)
+    res = svc.ingest("many", folder="many", background=False)
+    assert len(res.indexed) == 40 and adds == [40], "one commit, not one per file"
+    assert kb.chunk_count() == 40 and set(res.stage_seconds) == {"read", "model", "embed",
+                                                                   "store"}
+    assert svc.search("many", "Which box is in locker 17?").hits[0].chunk.path == "many/n17.md"
+    assert svc.search(svc.create_kb("empty").name, "anything at all").hits == []
