@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from functools import partial

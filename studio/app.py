@@ -138,15 +138,23 @@ def build_app(studio: Any, tab_modules: list[str] | None = None) -> gr.Blocks:
         tabs = available_tabs(tab_modules)
         if not tabs:
             gr.Markdown("No tabs are installed.")
-        for mod in tabs:
-            with gr.Tab(mod.TITLE):
-                try:
-                    mod.build_ui(studio)
-                except Exception as e:  # one broken tab must not take the studio down
-                    log.exception("tab %s failed to build", mod.__name__)
-                    gr.Markdown(f"⚠️ This tab failed to start: `{e}`")
+        with gr.Tabs() as tab_set:
+            studio.extras.setdefault("ui", {})["tabs"] = tab_set  # for cross-tab buttons
+            build_tabs(studio, tabs)
         build_status(studio)
     return app
+
+
+def build_tabs(studio: Any, tabs: list[Any]) -> None:
+    """One gr.Tab per tab package, with the package name as its id (cross-tab buttons select
+    a tab by it)."""
+    for mod in tabs:
+        with gr.Tab(mod.TITLE, id=mod.__name__):
+            try:
+                mod.build_ui(studio)
+            except Exception as e:  # one broken tab must not take the studio down
+                log.exception("tab %s failed to build", mod.__name__)
+                gr.Markdown(f"⚠️ This tab failed to start: `{e}`")
 
 
 def public_api_names(app: gr.Blocks) -> list[str]:

@@ -42,10 +42,37 @@ def engine_for(studio: Any, cfg: ChatConfig) -> LLMEngine:
     if cfg.source == PATH:
         if not cfg.path.strip():
             raise ValueError("Enter a hub id, a model folder or a .gguf file.")
+        adapter = adapter_base(cfg.path.strip())
+        if adapter is not None:  # a LoRA adapter folder (e.g. a QLoRA run's): base + adapter
+            base, gguf = adapter
+            engine = TransformersEngine(studio, ModelSource(base, cfg.quantization,
+                                                            gguf_file=gguf or None))
+            engine.attach_adapter(cfg.path.strip())
+            return engine
         return TransformersEngine(studio, ModelSource(cfg.path.strip(), cfg.quantization))
     if cfg.source == SERVER:
         return OpenAIEngine(cfg.server_url, cfg.server_model, cfg.api_key or None)
     raise ValueError(f"unknown model source {cfg.source!r}")
+
+
+def adapter_base(path: str) -> tuple[str, str] | None:
+    """(base model, gguf file) of a PEFT adapter folder, or None when `path` is not one. The
+    studio's run card names the base exactly (GGUF file included); otherwise peft's own
+    ``base_model_name_or_path``."""
+    import json
+    from pathlib import Path
+
+    folder = Path(path).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    card = folder / "run_card.json"
+    if card.is_file():
+        data = json.loads(card.read_text())
+        return data["base_model"], data.get("gguf_file") or ""
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path} is a LoRA adapter but does not say which base model it needs")
+    return base, ""
 
 
 def model_label(studio: Any) -> str:

@@ -74,6 +74,8 @@ def build_ui(studio: Any) -> None:
             load_btn = gr.Button("Load model now")
             load_md = gr.Markdown()
 
+    # other tabs (QLoRA's "chat with it") point the Chat tab at a model through these
+    studio.extras.setdefault("ui", {})["chat_model"] = (source, path)
     config_inputs = [source, path, quantization, server_url, server_model, api_key,
                      system_prompt, use_tools, max_new, temperature, top_p, rep, seed]
 

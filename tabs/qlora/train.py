@@ -54,11 +54,25 @@ def load_base(cfg: QLoRAConfig, device: str, dtype: Any, four_bit: bool) -> tupl
             bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    if gguf:
+        unmark_gguf(model)
     if not four_bit:
         model = model.to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model
+
+
+def unmark_gguf(model: Any) -> None:
+    """transformers dequantizes a GGUF file into ordinary tensors but leaves the model marked as
+    GGUF-quantized, and Trainer refuses to fine-tune that ("quantization method does not support
+    training"). The weights are plain, so drop the mark (4-bit NF4, if asked, is separate)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and "gguf" in str(quantizer.quantization_config.quant_method).lower():
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
 
 
 def add_lora(model: Any, cfg: QLoRAConfig, offload: bool = False) -> Any:

@@ -101,6 +101,8 @@ def build_ui(studio: Any) -> None:
         merge = gr.Checkbox(value=False, label=label_of("merge_fp16"), info=help_of("merge_fp16"))
         export_btn = gr.Button("Export adapter")
     export_md = gr.Markdown()
+    chat_tab = studio.extras.get("ui", {}).get("chat_model")
+    to_chat = gr.Button("Chat with it in the Chat tab", visible=chat_tab is not None)
     chatbot = gr.Chatbot(label="Chat with the adapter", height=300)
     with gr.Row():
         msg = gr.Textbox(label="Message", scale=4)
@@ -202,5 +204,22 @@ def build_ui(studio: Any) -> None:
 
     send.click(do_chat, inputs=[run_pick, msg, chatbot], outputs=[chatbot, msg],
                api_name="qlora_chat", concurrency_id="gpu")
+
+    if chat_tab is not None:  # one click: the Chat tab, pointed at base + this adapter
+        from tabs.chat.service import PATH
+
+        tab_set = studio.extras["ui"].get("tabs")
+
+        def do_to_chat(run_id):
+            try:
+                run_dir, _ = service.run_paths(studio, run_id)
+            except ValueError as e:
+                raise gr.Error(str(e)) from None
+            out = [PATH, str(run_dir / "adapter")]
+            return out + ([gr.Tabs(selected="tabs.chat")] if tab_set is not None else [])
+
+        to_chat.click(do_to_chat, inputs=[run_pick],
+                      outputs=list(chat_tab) + ([tab_set] if tab_set is not None else []),
+                      api_visibility="private")
     msg.submit(do_chat, inputs=[run_pick, msg, chatbot], outputs=[chatbot, msg],
                api_visibility="private", concurrency_id="gpu")

