@@ -38,6 +38,19 @@ class JobConfig:
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on."""
 
+    def check_choices(self) -> None:
+        """Every field declared with ``choices=`` holds one of them (subclasses call this from
+        validate(), so a choice list lives in one place: the field)."""
+        for f in fields(self):
+            allowed = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if allowed is not None and value not in allowed:
+                label = f.metadata.get("label", f.name)
+                if label[1:2].islower():  # messages read lower-case: "schedule must be ..."
+                    label = label[0].lower() + label[1:]
+                raise ValueError(f"{label} must be one of {', '.join(map(str, allowed))}; "
+                                 f"got {value!r}")
+
     @classmethod
     def _field(cls, name: str) -> Any:
         for f in fields(cls):

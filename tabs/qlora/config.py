@@ -101,18 +101,7 @@ class QLoRAConfig(JobConfig):
         """Plain-language ValueError for settings that cannot work."""
         if not self.base_model.strip():
             raise ValueError("choose a base model (hub id, folder or .gguf file)")
-        if self.quantization not in QUANTIZATIONS:
-            raise ValueError(f"base weights must be one of {QUANTIZATIONS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
-        if self.fused_kernels not in FUSED:
-            raise ValueError(f"fused kernels must be one of {FUSED}")
-        if self.compile_layers not in FUSED:
-            raise ValueError(f"compile layers must be one of {FUSED}")
-        if self.offload_activations not in OFFLOAD:
-            raise ValueError(f"offload activations must be one of {OFFLOAD}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}")
+        self.check_choices()
         for name in ("lora_r", "lora_alpha", "micro_batch_size", "grad_accumulation",
                      "logging_steps"):
             if int(getattr(self, name)) < 1:

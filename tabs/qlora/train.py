@@ -103,7 +103,11 @@ def apply_fused_kernels(model: Any, compiled: bool) -> str:
     the (tokens x vocabulary) logits never exist during training, and RMSNorm; SwiGLU and RoPE
     too unless the blocks are compiled (then Inductor fuses those itself)."""
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
+    if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:  # Liger would skip it
+        return (f"fused kernels: Liger Kernel has none for {model.config.model_type}; plain "
+                "transformers (the estimate assumed the fused loss: expect a higher peak)")
     _apply_liger_kernel_to_instance(model=model, **liger_config(compiled))
     parts = "RMSNorm, fused linear cross-entropy" if compiled else \
         "RMSNorm, SwiGLU, RoPE, fused linear cross-entropy"

@@ -121,27 +121,24 @@ def load_reranker(source: str, device: str = "cpu") -> Any:
 
 def register_embedder(studio: Any, source: str, title: str = "") -> str:
     """Register the embedder with the model manager once; returns its key."""
-    from studio.models import ModelSpec, PinnedSwap
-
-    key = _key("embedder", source)
-    if not studio.models.is_registered(key):
-        studio.models.register(ModelSpec(
-            key=key, load=lambda device: load_embedder(source, device),
-            title=title or f"embedder {Path(source).name}", estimate=_estimate(source),
-            reserve=128 * 1024**2 if studio.probe.device == "cuda" else 0,
-            **PinnedSwap().spec_kwargs()))  # warm tier: pinned CPU copy
-    return key
+    return _register(studio, "embedder", source, load_embedder, title, 128 * 1024**2)
 
 
 def register_reranker(studio: Any, source: str, title: str = "") -> str:
+    """Register the cross-encoder reranker with the model manager once; returns its key."""
+    return _register(studio, "reranker", source, load_reranker, title, 256 * 1024**2)
+
+
+def _register(studio: Any, kind: str, source: str, loader: Any, title: str,
+              cuda_reserve: int) -> str:
     from studio.models import ModelSpec, PinnedSwap
 
-    key = _key("reranker", source)
+    key = _key(kind, source)
     if not studio.models.is_registered(key):
         studio.models.register(ModelSpec(
-            key=key, load=lambda device: load_reranker(source, device),
-            title=title or f"reranker {Path(source).name}", estimate=_estimate(source),
-            reserve=256 * 1024**2 if studio.probe.device == "cuda" else 0,
+            key=key, load=lambda device: loader(source, device),
+            title=title or f"{kind} {Path(source).name}", estimate=_estimate(source),
+            reserve=cuda_reserve if studio.probe.device == "cuda" else 0,
             **PinnedSwap().spec_kwargs()))  # warm tier: pinned CPU copy
     return key
 

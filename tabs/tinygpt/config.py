@@ -71,10 +71,7 @@ class TinyGPTConfig(JobConfig):
 
     def validate(self) -> None:
         """Plain messages for settings that cannot work, before a job is started."""
-        _one_of("corpus", self.corpus, CORPORA)
-        _one_of("tokenizer", self.tokenizer, TOKENIZERS)
-        _one_of("positional scheme", self.pos, POS_SCHEMES)
-        _one_of("device", self.device, DEVICES)
+        self.check_choices()
         if self.corpus != "stdlib" and not self.corpus_path:
             raise ValueError(f"the {self.corpus} corpus needs a file or folder")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps",
@@ -100,11 +97,6 @@ class TinyGPTConfig(JobConfig):
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size,
                          n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
                          dropout=self.dropout, pos=self.pos)
-
-
-def _one_of(what: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 label_of, help_of, default_of = (TinyGPTConfig.label_of, TinyGPTConfig.help_of,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tabs.qlora.config import QLoRAConfig
 from tabs.qlora.estimate import LLAMA31_8B, estimate, estimate_for_config, load_arch
 
@@ -99,3 +101,10 @@ def test_offloaded_activations_give_the_same_gradients(tmp_path):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n])
+
+
+@pytest.mark.parametrize("field", ["quantization", "precision", "schedule", "fused_kernels",
+                                   "compile_layers", "offload_activations"])
+def test_every_choice_setting_refuses_an_unknown_value(field):
+    with pytest.raises(ValueError, match="must be one of"):
+        QLoRAConfig.from_dict({"base_model": "x", field: "warp-speed"})
