@@ -84,9 +84,10 @@ class QLoRAConfig(JobConfig):
     offload_activations: str = _f("auto", "Offload activations to CPU", "keeps the "
                                   "checkpointed layer inputs in CPU RAM: much longer sequences "
                                   "fit; auto: on when the estimate needs it", choices=OFFLOAD)
-    compile_layers: str = _f("auto", "Compile layers", "auto: torch.compile the attention and MLP "
-                             "blocks on CUDA (fewer, fused kernel launches; the first steps "
-                             "are slower while it compiles); off: eager", choices=FUSED)
+    compile_layers: str = _f("auto", "Compile layers", "auto: torch.compile each decoder layer "
+                             "on CUDA, 4-bit matmuls included (fewer, fused kernel launches; "
+                             "the first steps are slower while it compiles); off: eager",
+                             choices=FUSED)
 
 
 

@@ -92,26 +92,36 @@ def add_lora(model: Any, cfg: QLoRAConfig, offload: bool = False) -> Any:
     return get_peft_model(model, lora)
 
 
-def liger_config(compiled: bool) -> dict[str, bool]:
-    return {"rope": not compiled, "swiglu": not compiled, "rms_norm": True,
+# What torch.compile covers when layers are compiled: "layers" (each whole decoder layer: norms,
+# attention, MLP, residuals, LoRA and the 4-bit matmuls) or "blocks" (attention and MLP only).
+COMPILE_SCOPE = "layers"
+
+
+def liger_config(compiled: bool, scope: str = COMPILE_SCOPE) -> dict[str, bool]:
+    """Which Liger kernels to patch in: inside compiled code Inductor fuses RoPE, SwiGLU (and
+    RMSNorm, when whole layers are compiled) itself; the fused cross-entropy always."""
+    return {"rope": not compiled, "swiglu": not compiled,
+            "rms_norm": not (compiled and scope == "layers"),
             "fused_linear_cross_entropy": True}
 
 
-def apply_fused_kernels(model: Any, compiled: bool) -> str:
+def apply_fused_kernels(model: Any, compiled: bool, scope: str = COMPILE_SCOPE) -> str:
     """Liger Kernel's Triton kernels on the (unwrapped) base, patched per instance: the fused
     linear cross-entropy that computes the loss chunk by chunk from the last hidden states, so
-    the (tokens x vocabulary) logits never exist during training, and RMSNorm; SwiGLU and RoPE
-    too unless the blocks are compiled (then Inductor fuses those itself)."""
+    the (tokens x vocabulary) logits never exist during training, and whichever of RMSNorm,
+    SwiGLU and RoPE the compiled code does not already fuse (see `liger_config`)."""
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
     if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:  # Liger would skip it
         return (f"fused kernels: Liger Kernel has none for {model.config.model_type}; plain "
                 "transformers (the estimate assumed the fused loss: expect a higher peak)")
-    _apply_liger_kernel_to_instance(model=model, **liger_config(compiled))
-    parts = "RMSNorm, fused linear cross-entropy" if compiled else \
-        "RMSNorm, SwiGLU, RoPE, fused linear cross-entropy"
-    return f"fused kernels: Liger Kernel ({parts})"
+    chosen = liger_config(compiled, scope)
+    _apply_liger_kernel_to_instance(model=model, **chosen)
+    names = {"rms_norm": "RMSNorm", "swiglu": "SwiGLU", "rope": "RoPE",
+             "fused_linear_cross_entropy": "fused linear cross-entropy"}
+    return "fused kernels: Liger Kernel (" + ", ".join(
+        label for key, label in names.items() if chosen[key]) + ")"
 
 
 def decoder_layers(model: Any) -> list[Any]:
@@ -119,22 +129,34 @@ def decoder_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if hasattr(m, "self_attn") and hasattr(m, "mlp")]
 
 
-def compile_blocks(model: Any) -> str:
-    """torch.compile each block's attention and MLP (LoRA + 4-bit matmuls inside). They run
-    inside the eager checkpoint wrapper, so checkpointing and offloading are unchanged; the
-    compiled code is shared by all layers (parameters are graph inputs)."""
+def compile_blocks(model: Any, scope: str = COMPILE_SCOPE) -> str:
+    """torch.compile each decoder layer (or only its attention and MLP), LoRA and the 4-bit
+    matmuls inside: the 4-bit linears take the compilable NF4 path (tabs.qlora.nf4), so a
+    layer's forward is a handful of generated kernels instead of hundreds of launches. The
+    compiled code runs inside the eager checkpoint wrapper, so checkpointing and offloading are
+    unchanged, and is shared by all layers (parameters are graph inputs)."""
     import torch
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    four_bit = 0
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        from tabs.qlora.nf4 import compiled_nf4
+
+        four_bit = compiled_nf4(model)
     layers = decoder_layers(model)
-    for layer in layers:
-        layer.self_attn.compile()  # automatic dynamic shapes: batches vary in length
-        layer.mlp.compile()
-    return f"compiled: attention and MLP of {len(layers)} layers (torch.compile)"
+    for layer in layers:  # automatic dynamic shapes: batches vary in length
+        if scope == "layers":
+            layer.compile()
+        else:
+            layer.self_attn.compile()
+            layer.mlp.compile()
+    what = "decoder layers" if scope == "layers" else "attention and MLP of layers"
+    return (f"compiled: {len(layers)} {what} (torch.compile)"
+            + (f", {four_bit} 4-bit linears dequantized inside them" if four_bit else ""))
 
 
 def prepare_model(cfg: QLoRAConfig, device: str, dtype: Any, four_bit: bool,
-                  offload: bool) -> tuple[Any, Any, list[str]]:
+                  offload: bool, scope: str = COMPILE_SCOPE) -> tuple[Any, Any, list[str]]:
     """Tokenizer and trainable model exactly as the job trains it (the GPU bench calls this
     too), and log lines saying which speed and memory features are on."""
     from tabs.qlora.estimate import fused_kernels_usable
@@ -143,12 +165,12 @@ def prepare_model(cfg: QLoRAConfig, device: str, dtype: Any, four_bit: bool,
     notes = []
     compiled = device == "cuda" and cfg.compile_layers == "auto"
     if fused_kernels_usable(cfg, device == "cuda"):
-        notes.append(apply_fused_kernels(model, compiled))
+        notes.append(apply_fused_kernels(model, compiled, scope))
     elif cfg.fused_kernels == "auto" and device == "cuda":
         notes.append("fused kernels: liger-kernel is not installed, plain transformers")
     model = add_lora(model, cfg, offload)
     if compiled:
-        notes.append(compile_blocks(model))
+        notes.append(compile_blocks(model, scope))
     notes.append("activations: " + ("checkpointed" if cfg.gradient_checkpointing else "kept")
                  + (", offloaded to CPU RAM" if offload else " on the GPU"))
     return tokenizer, model, notes
