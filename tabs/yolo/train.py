@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ class ReportCallbacks:
         self.train_seconds = 0.0
         self.final: dict[str, float] = {}
         self.ckpt_dir = Path(report.run_dir) / "checkpoints"
+        self._copy: threading.Thread | None = None
 
     def register(self, model: Any) -> None:
         for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end",
@@ -122,6 +124,7 @@ class ReportCallbacks:
     def on_train_epoch_end(self, trainer: Any) -> None:
         self.train_seconds += time.monotonic() - self._t_epoch
         self._trained_epoch = True
+        self._wait_for_copy()  # before this epoch's save overwrites last.pt
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
         values = epoch_metrics(trainer)
@@ -137,14 +140,31 @@ class ReportCallbacks:
         self.report.log(f"epoch {step}: " + " ".join(parts))
 
     def on_model_save(self, trainer: Any) -> None:
-        """Keep a resumable copy: Ultralytics strips the optimizer from last.pt at the end."""
+        """Keep a resumable copy: Ultralytics strips the optimizer from last.pt at the end.
+        Mid-run the copy is made in the background (training goes on; the next epoch's save
+        waits for it); on the last save before the run ends it is made at once."""
         if not Path(trainer.last).exists():
             return
+        self._wait_for_copy()
+        epoch = trainer.epoch + 1
+        if trainer.stop or epoch >= trainer.epochs:
+            self._keep_resumable(Path(trainer.last), epoch)
+        else:
+            self._copy = threading.Thread(target=self._keep_resumable,
+                                          args=(Path(trainer.last), epoch), daemon=True)
+            self._copy.start()
+
+    def _keep_resumable(self, last: Path, epoch: int) -> None:
         self.ckpt_dir.mkdir(exist_ok=True)
         tmp = self.ckpt_dir / "resume.pt.tmp"
-        shutil.copyfile(trainer.last, tmp)
+        shutil.copyfile(last, tmp)
         os.replace(tmp, self.ckpt_dir / "resume.pt")
-        self.report.checkpoint(self.ckpt_dir / "resume.pt", trainer.epoch + 1)
+        self.report.checkpoint(self.ckpt_dir / "resume.pt", epoch)
+
+    def _wait_for_copy(self) -> None:
+        if self._copy is not None:
+            self._copy.join()
+            self._copy = None
 
 
 def epoch_metrics(trainer: Any) -> dict[str, float]:

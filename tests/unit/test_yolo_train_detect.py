@@ -95,3 +95,32 @@ def test_detect_image_video_and_prelabel(tmp_path, trained):
     assert n == 4 and Path(out).stat().st_size > 0
     cap = cv2.VideoCapture(str(out))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+
+
+def test_resumable_copy_mid_run_in_background_and_at_once_at_the_end(tmp_path):
+    """Every epoch leaves a resumable checkpoint (a crash loses at most the epoch running);
+    mid-run the copy does not hold up training and is finished before the next save
+    overwrites last.pt; the last one is made before Ultralytics strips the optimizer."""
+    from types import SimpleNamespace
+
+    report = Reporter(tmp_path / "run")
+    hooks = train.ReportCallbacks(report)
+    last = tmp_path / "last.pt"
+    trainer = SimpleNamespace(last=str(last), epochs=3, epoch=0, stop=False)
+    for epoch in range(3):
+        trainer.epoch = epoch
+        hooks.on_train_epoch_start(trainer)
+        hooks.on_train_epoch_end(trainer)  # waits for the previous epoch's copy
+        last.write_bytes(f"epoch {epoch + 1} with optimizer".encode() * 1000)
+        hooks.on_model_save(trainer)
+        if epoch < 2:
+            assert hooks._copy is not None  # mid-run: in the background
+            hooks._copy.join()
+        else:
+            assert hooks._copy is None  # the end: done before returning
+        saved = report.last_checkpoint()
+        assert saved is not None and saved[1] == epoch + 1
+        assert saved[0].read_bytes() == last.read_bytes()
+    report.close()
+    steps = [e["step"] for e in read_events(tmp_path / "run") if e["type"] == "checkpoint"]
+    assert steps == [1, 2, 3]
