@@ -28,7 +28,7 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, absmax2: torch.Te
 
     packed: the uint8 bytes, two 4-bit indices each (high nibble first); absmax: one scale per
     `blocksize` values, float32, or uint8 codes into `code2` scaled per 256 blocks by `absmax2`
-    plus `offset` when double-quantized; code: the 16 NF4 (or FP4) values.
+    plus `offset` when double-quantized; code: the 16 NF4 values.
     """
     if absmax2 is not None:
         blocks = torch.arange(absmax.numel(), device=absmax.device) // 256
@@ -81,7 +81,7 @@ def compiled_nf4(model: Any) -> int:
         if not isinstance(module, bnb.nn.Linear4bit) or getattr(module, "_nf4_meta", None):
             continue
         qs = getattr(module.weight, "quant_state", None)
-        if qs is None or qs.quant_type not in ("nf4", "fp4") or len(qs.shape) != 2:
+        if qs is None or qs.quant_type != "nf4" or len(qs.shape) != 2:  # FP4: bitsandbytes
             continue
         nested = bool(qs.nested)
         if nested and qs.state2.blocksize != 256:
@@ -94,7 +94,7 @@ def compiled_nf4(model: Any) -> int:
             "absmax2": qs.state2.absmax if nested else None,
             "code2": qs.state2.code if nested else None,
             "offset": qs.offset if nested else None,
-            "code": qs.code.to(qs.absmax.device if not nested else qs.state2.absmax.device),
+            "code": qs.code.to(module.weight.device),
         }
         for name, t in tensors.items():
             module.register_buffer(f"_nf4_{name}", t, persistent=False)
