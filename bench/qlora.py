@@ -380,7 +380,9 @@ def run_studio(folder: Path, device: str, tiny: bool, profile_to: Path | None,
     if profile_to is not None and cuda:
         out["profile_at_2048"] = profile_step(model, opt, vocab, device, off_2048, profile_to)
     if quick:  # speed only: the interleaved comparison, with the other compile scope beside
-        other = "blocks" if train_scope() == "layers" else "layers"
+        from tabs.qlora.train import COMPILE_SCOPE
+
+        other = "blocks" if COMPILE_SCOPE == "layers" else "layers"
         m2, o2, _ = build_studio_path(folder, device, off_2048, scope=other)
         measure(m2, o2, seq, vocab, device, steps=1, offload=off_2048, warmup=2)
         out["interleaved"] = interleaved(folder, device, tiny, {
@@ -406,12 +408,6 @@ def run_studio(folder: Path, device: str, tiny: bool, profile_to: Path | None,
     del model, opt
     free(device)
     return out
-
-
-def train_scope() -> str:
-    from tabs.qlora.train import COMPILE_SCOPE
-
-    return COMPILE_SCOPE
 
 
 def main(argv: list[str] | None = None) -> dict:
