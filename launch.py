@@ -12,9 +12,14 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    from studio.config import quiet_telemetry, settings_from_args
+    from studio.config import build_parser, quiet_telemetry, settings_from_args
 
     quiet_telemetry()
+    if build_parser().parse_args(argv).doctor:
+        from studio import doctor
+
+        home = settings_from_args([a for a in argv if a != "--doctor"]).home
+        return doctor.main(["--home", str(home)])
     # torch's idle CPU threads sleep instead of spinning: with spinning, any other busy process
     # stalls every layer of a CPU model (RAG queries went from 40 ms to 1.5 s on 2 busy cores)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -22,9 +27,13 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns on every CPU with AVX-512 BF16 that a hub kernel is missing (the
+    # studio never needs it there): the user sees the doctor's findings instead.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if settings.offline:
         os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", YOLO_OFFLINE="1")
 
+    from studio import doctor
     from studio.app import build_app, launch_kwargs
     from studio.context import build_studio
     from studio.profiles import profile_models
@@ -37,7 +46,8 @@ def main(argv: list[str]) -> int:
             print(f"Note: small-profile weights not installed: {', '.join(missing)}; "
                   "tabs that need them will say so.")
         studio.choices = profile_models("small")  # paths of what was just installed
-    print(f"OneGPU Studio · {studio.device_summary()} · home {settings.home}", flush=True)
+    # The doctor's findings become the page's warning banner (and are printed below).
+    studio.extras["doctor"] = doctor.problems(doctor.run_checks(settings.home))
     if settings.generated_password:
         user, password = settings.auth[0]
         print(f"\n  Sharing is on and no --auth was given, so a password was generated:\n"
@@ -46,7 +56,11 @@ def main(argv: list[str]) -> int:
     app = build_app(studio)
     app.queue(default_concurrency_limit=4)
     try:
-        app.launch(share=settings.share, prevent_thread_lock=True, **launch_kwargs(studio))
+        # quiet: Gradio's own lines ("set share=True in launch()") contradict the studio's
+        # flags; the studio prints its own banner instead.
+        app.launch(share=settings.share, prevent_thread_lock=True, quiet=True,
+                   **launch_kwargs(studio))
+        print(startup_banner(studio, app.local_url, app.share_url), flush=True)
         if settings.share and not app.share_url:
             print("\n  No public link could be opened (no internet, or the share service is "
                   f"unreachable). The studio keeps serving locally at {app.local_url}\n",
@@ -58,6 +72,23 @@ def main(argv: list[str]) -> int:
         studio.close()
         app.close()
     return 0
+
+
+def startup_banner(studio, local_url: str | None, share_url: str | None) -> str:
+    """The one block a user reads in the terminal: where, what, how to share, what is wrong."""
+    s = studio.settings
+    lines = ["", f"  OneGPU Studio is running at {local_url}"]
+    if share_url:
+        lines.append(f"  Public link: {share_url}")
+    lines.append(f"  {studio.device_summary()}")
+    lines.append(f"  Home: {s.home}")
+    if not s.share:
+        lines.append("  To share it with others: ./studio.sh --share (a password is generated)")
+    for c in studio.extras.get("doctor", []):
+        lines.append(f"  {'Problem' if c.status == 'fail' else 'Warning'}: {c.name}: {c.detail}")
+    if studio.extras.get("doctor"):
+        lines.append("  (./studio.sh --doctor describes this machine in full)")
+    return "\n".join(lines + [""])
 
 
 if __name__ == "__main__":

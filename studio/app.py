@@ -135,6 +135,9 @@ def build_status(studio: Any) -> None:
 def build_app(studio: Any, tab_modules: list[str] | None = None) -> gr.Blocks:
     with gr.Blocks(title="OneGPU Studio") as app:
         gr.Markdown(f"# OneGPU Studio\n{studio.device_summary()}", elem_id="studio-header")
+        warnings = doctor_banner(studio.extras.get("doctor", []))
+        if warnings:
+            gr.Markdown(warnings, elem_id="studio-warnings")
         tabs = available_tabs(tab_modules)
         if not tabs:
             gr.Markdown("No tabs are installed.")
@@ -143,6 +146,14 @@ def build_app(studio: Any, tab_modules: list[str] | None = None) -> gr.Blocks:
             build_tabs(studio, tabs)
         build_status(studio)
     return app
+
+
+def doctor_banner(problems: list[Any]) -> str:
+    """The start-up checks' problems (studio.doctor) as the warning banner atop the page."""
+    if not problems:
+        return ""
+    lines = [f"- ⚠️ **{c.name}**: {c.detail}" for c in problems]
+    return "\n".join(lines + ["", "`./studio.sh --doctor` describes this machine in full."])
 
 
 def build_tabs(studio: Any, tabs: list[Any]) -> None:

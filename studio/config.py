@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-file", help="file with one user:password per line")
     p.add_argument("--chroma-url", help="use a Chroma server (http://host:port) instead of the "
                    "embedded store")
+    p.add_argument("--doctor", action="store_true",
+                   help="print what this machine has and whether it fits, then exit")
     return p
 
 

@@ -116,6 +116,7 @@ def test_export_merge_and_chat_from_the_run_folder(trained, studio):
     assert in_chat == reply
 
 
+@pytest.mark.slow  # minutes of real CPU training
 def test_real_smollm2_learns_the_facts_and_the_adapter_answers_with_them(tmp_path):
     """The real SmolLM2-135M-Instruct (offline GGUF, dequantized by transformers) fine-tuned on
     CPU with LoRA: the loss falls clearly and the adapter's greedy answer to a trained question
