@@ -8,8 +8,11 @@ replayed: one launch per token. The step calls the model's own modules (norms, p
 MLP), so bitsandbytes NF4 layers (batch-1 ``gemv_4bit``), bf16 layers and attached PEFT LoRA
 layers all work unchanged; only the attention glue (RoPE, cache write, SDPA) is written here.
 
-Supported: Llama-family decoder layouts (``llama``, ``qwen2``; what the studio ships). Other
-architectures use the generic ``generate()`` path in `studio.llm.engine`.
+Supported: Llama-family decoder layouts (``llama``, ``qwen2``; what the studio ships), also as
+the language model of a vision-language model (LLaVA's Llama, Qwen2-VL's and Qwen2.5-VL's
+text stack, M-RoPE included): the vision encoder and projector run once, and the prompt enters
+`StaticDecoder.prefill` as embeddings (`PrefillInputs`). Other architectures use the generic
+``generate()`` path in `studio.llm.engine`.
 """
 
 from __future__ import annotations
@@ -23,19 +26,47 @@ import torch.nn.functional as F
 
 log = logging.getLogger("studio.llm.fast")
 
-FAST_MODEL_TYPES = ("llama", "qwen2")
+FAST_MODEL_TYPES = ("llama", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
 BUCKET = 256  # attended KV length is rounded up to this; one CUDA graph per bucket
+
+
+def decoder_stack(model):
+    """The decoder (embed_tokens, layers, norm, rotary_emb) under a model's LM head: ``model.model``
+    for a causal LM, its ``language_model`` (or ``text_model``) for a vision-language model."""
+    inner = getattr(model, "model", None)
+    if inner is None or hasattr(inner, "layers"):
+        return inner
+    for name in ("language_model", "text_model"):
+        stack = getattr(inner, name, None)
+        if stack is not None and hasattr(stack, "layers"):
+            return stack
+    return None
+
+
+def text_config(model):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
 def supports_fast_decode(model) -> bool:
     """True when the model has the decoder layout `StaticDecoder` drives."""
-    cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in FAST_MODEL_TYPES:
+    if getattr(model, "config", None) is None:
+        return False
+    cfg = text_config(model)
+    if getattr(cfg, "model_type", None) not in FAST_MODEL_TYPES:
         return False
     if getattr(cfg, "use_sliding_window", False):
         return False
-    inner = getattr(model, "model", None)
-    return inner is not None and hasattr(inner, "layers") and hasattr(model, "lm_head")
+    return decoder_stack(model) is not None and hasattr(model, "lm_head")
+
+
+@dataclass
+class PrefillInputs:
+    """A prompt the model has already embedded (a VLM: the vision encoder and projector ran once
+    and their features replaced the image placeholder tokens) and its RoPE positions."""
+
+    embeds: torch.Tensor  # (1, T, hidden)
+    positions: torch.Tensor | None = None  # (1, T), or (3, 1, T) for M-RoPE; None: 0..T-1
 
 
 @dataclass
@@ -55,9 +86,9 @@ class StaticDecoder:
     def __init__(self, model, max_len: int, use_cuda_graphs: bool | None = None):
         if not supports_fast_decode(model):
             raise ValueError(f"fast decode does not support {type(model).__name__}")
-        cfg = model.config
+        cfg = text_config(model)
         self.model = model
-        self.inner = model.model
+        self.inner = decoder_stack(model)
         self.layers = list(self.inner.layers)
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
@@ -80,7 +111,12 @@ class StaticDecoder:
         self.arange = torch.arange(self.max_len, device=self.device)
         self.tok = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         self.pos = torch.zeros((1,), dtype=torch.long, device=self.device)
+        # RoPE position of the decode step: the cache index plus `rope_offset` (M-RoPE gives an
+        # image fewer positions than tokens, so later text sits at a negative offset)
+        self.rope_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
+        self.rope_offset = 0
         self.cached_ids: list[int] = []  # tokens whose K/V are in the cache, in order
+        self._embedded = False  # the cache holds an embedded prompt: no prefix reuse
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
 
@@ -165,10 +201,18 @@ class StaticDecoder:
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
         return torch.matmul(probs, v[0])[None]
 
-    def _step_inputs(self, pos: torch.Tensor, start: int, attend: int, t: int):
-        """RoPE factors and attention mask for these positions, shared by every layer."""
-        cos = self.cos[pos][None, None]
-        sin = self.sin[pos][None, None]
+    def _step_inputs(self, pos: torch.Tensor, start: int, attend: int, t: int,
+                     rope_pos: torch.Tensor | None = None,
+                     rope: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """RoPE factors and attention mask for these positions, shared by every layer. RoPE
+        comes from `rope` (cos, sin per position, precomputed) or the tables at `rope_pos`
+        (default: the cache positions)."""
+        if rope is not None:
+            cos, sin = rope[0][None, None], rope[1][None, None]
+        else:
+            idx = pos if rope_pos is None else rope_pos
+            cos = self.cos[idx][None, None]
+            sin = self.sin[idx][None, None]
         half = self.head_dim // 2
         sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
         mask = None
@@ -183,11 +227,14 @@ class StaticDecoder:
             mask = (self.arange[:start + t][None, :] <= pos[:, None])[None, None]
         return (cos, sin_signed), mask
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, start: int,
-                 attend: int) -> torch.Tensor:
-        """Run the layers over `ids` at positions `pos`; logits of the last position (fp32)."""
-        h = self.inner.embed_tokens(ids).to(self.dtype)
-        rope, mask = self._step_inputs(pos, start, attend, ids.shape[1])
+    def _forward(self, ids: torch.Tensor | None, pos: torch.Tensor, start: int,
+                 attend: int, embeds: torch.Tensor | None = None,
+                 rope_pos: torch.Tensor | None = None,
+                 rope_cs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Run the layers over `ids` (or their `embeds`) at cache positions `pos`; logits of the
+        last position (fp32)."""
+        h = (self.inner.embed_tokens(ids) if embeds is None else embeds).to(self.dtype)
+        rope, mask = self._step_inputs(pos, start, attend, h.shape[1], rope_pos, rope_cs)
         for i, layer in enumerate(self.layers):
             h = h + self._attention(i, layer, self._norm(layer.input_layernorm, h), pos, start,
                                     attend, rope, mask)
@@ -200,24 +247,43 @@ class StaticDecoder:
 
     # ----- prefill and decode ---------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, ids: list[int], chunk: int = 2048) -> torch.Tensor:
-        """Fill the cache for `ids`, reusing the longest prefix already cached."""
+    def prefill(self, ids: list[int], chunk: int = 2048,
+                inputs: PrefillInputs | None = None) -> torch.Tensor:
+        """Fill the cache for `ids`, reusing the longest prefix already cached. With `inputs`
+        the prompt enters as its embeddings (and RoPE positions) and nothing is reused: the same
+        ids may stand for another image."""
         if len(ids) >= self.max_len:
             raise ValueError(f"prompt of {len(ids)} tokens does not fit the {self.max_len}-token "
                              "context")
         reuse = 0
-        for a, b in zip(self.cached_ids, ids[:-1], strict=False):
-            if a != b:
-                break
-            reuse += 1
+        if inputs is None and not self._embedded:
+            for a, b in zip(self.cached_ids, ids[:-1], strict=False):
+                if a != b:
+                    break
+                reuse += 1
+        rope = None
+        self.rope_offset = 0
+        if inputs is not None:
+            if inputs.embeds.shape[1] != len(ids):
+                raise ValueError(f"{inputs.embeds.shape[1]} embeddings for {len(ids)} tokens")
+            if inputs.positions is not None:
+                positions = inputs.positions.to(self.device)
+                probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+                cos, sin = self.inner.rotary_emb(probe, positions)
+                rope = (cos[0].to(self.dtype), sin[0].to(self.dtype))
+                self.rope_offset = int(positions.max()) + 1 - len(ids)
+        self._embedded = inputs is not None
         logits = None
         start = reuse
         while start < len(ids):
             part = ids[start:start + chunk]
+            end = start + len(part)
             t = torch.tensor([part], dtype=torch.long, device=self.device)
-            pos = torch.arange(start, start + len(part), device=self.device)
-            logits = self._forward(t, pos, start, start + len(part))
-            start += len(part)
+            pos = torch.arange(start, end, device=self.device)
+            embeds = None if inputs is None else inputs.embeds[:, start:end].to(self.device)
+            rope_cs = None if rope is None else (rope[0][start:end], rope[1][start:end])
+            logits = self._forward(t, pos, start, end, embeds=embeds, rope_cs=rope_cs)
+            start = end
         self.cached_ids = list(ids)
         return logits
 
@@ -230,9 +296,10 @@ class StaticDecoder:
         attend = self._bucket(p + 1)
         self.tok.fill_(token)
         self.pos.fill_(p)
+        self.rope_pos.fill_(p + self.rope_offset)
         self.cached_ids.append(token)
         if not self.use_cuda_graphs:
-            return self._forward(self.tok, self.pos, p, attend)
+            return self._forward(self.tok, self.pos, p, attend, rope_pos=self.rope_pos)
         graph = self._graphs.get(attend)
         if graph is None:
             graph = self._capture(attend)
@@ -246,31 +313,31 @@ class StaticDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):  # writes the same K/V the real step writes: harmless
-                self._forward(self.tok, self.pos, start, attend)
+                self._forward(self.tok, self.pos, start, attend, rope_pos=self.rope_pos)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         with torch.cuda.graph(graph, pool=self._pool):
-            out = self._forward(self.tok, self.pos, start, attend)
+            out = self._forward(self.tok, self.pos, start, attend, rope_pos=self.rope_pos)
         self._graphs[attend] = (graph, out)
         log.info("captured decode graph for %d attended tokens", attend)
         return graph, out
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, sample,
-                 should_stop=None, eos_ids: set[int] | frozenset = frozenset()
-                 ) -> Iterator[int]:
+                 should_stop=None, eos_ids: set[int] | frozenset = frozenset(),
+                 inputs: PrefillInputs | None = None) -> Iterator[int]:
         """Yield generated token ids one by one.
 
         `sample(logits, ids_so_far) -> int` picks the next token (greedy or sampled, on the
         device). `should_stop()` is checked before every step, so Stop ends generation within
-        one token.
+        one token. `inputs`: the prompt as embeddings (see `prefill`).
         """
         room = self.max_len - len(prompt_ids)
         max_new_tokens = max(0, min(max_new_tokens, room))
         if max_new_tokens == 0:
             return
-        logits = self.prefill(prompt_ids)
+        logits = self.prefill(prompt_ids, inputs=inputs)
         for n in range(max_new_tokens):
             if should_stop is not None and should_stop():
                 return
