@@ -1,0 +1,107 @@
+"""The concurrency model: a shared link is several strangers using one card at once.
+
+Gradio runs handlers in a thread pool, so every choice below is about what two sessions
+running at the same moment can do to each other. They may share memory and the card; they
+never see, stop or change each other's work.
+
+- **Shared, read-mostly objects.** One `ModelManager` owns every model; each model is loaded
+  once and used by all sessions. A request never leaves a setting of its own on a shared
+  object for the next request to find: sampling settings, a chat's PEFT adapter, SD LoRAs and
+  strengths, scheduler and VAE slicing/tiling are applied by the request while it holds the
+  model exclusively (``LoadedLLM.lock``; `exclusive` for an SD pipeline) and every request
+  sets all of them again. Engines that carry a per-request setting (an adapter) are made per
+  request; they are cheap, the weights are the manager's.
+- **The card.** Handlers that compute on the device carry ``concurrency_id="gpu"`` and run at
+  most `GPU_CONCURRENCY` at a time (`studio.app.configure_queue`, the one place the queue is
+  set up, used by ``launch.py`` and by the app-level tests). Two, not one: while one request
+  computes, the next tokenizes, decodes audio or saves its PNGs, and a second model can
+  stream; the model locks keep one request per model. Everything else (status, Stop, job
+  views, Unload) stays off that queue and answers at once.
+- **The model manager never blocks the page.** It loads outside its lock: a "loading" entry
+  that other requests for the same model wait on, while status, Unload, Free all and other
+  models answer at once. A request waiting for memory held by a job or another request says
+  so (``ModelManager.on_wait``, a toast for the waiting session, and the decisions list).
+  First use registers through ``ModelManager.ensure(key, make_spec)``, under the lock.
+- **Per-session state** (chat history, the selected run, a Stop flag) lives in the page's
+  components or is keyed by the Gradio session (``request.session_hash``). `StopFlags` is
+  the one registry of Stop flags for every tab that streams: a Stop reaches the caller's own
+  running request in that tab and nothing else; a call without a session (a bare HTTP
+  ``/run/...`` call) gets a flag no one else can reach, and its Stop does nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+GPU_CONCURRENCY = 2  # GPU-bound handlers running at once (see the module docstring)
+
+
+def session_of(request: Any) -> str | None:
+    """The Gradio session of a request (``gr.Request.session_hash``), None when there is none.
+
+    Takes the request as a plain object so logic modules stay free of Gradio."""
+    session = getattr(request, "session_hash", None)
+    return str(session) if session else None
+
+
+class StopFlags:
+    """Stop flags keyed by (what, session): the Stop button sets the flag of its own session's
+    running request in its own tab; a request with no session cannot be stopped from outside
+    and a Stop with no session stops nothing."""
+
+    def __init__(self) -> None:
+        self._flags: dict[tuple[str, str], threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def running(self, what: str, session: str | None) -> Iterator[threading.Event]:
+        """A fresh flag for one request, registered while the ``with`` block runs."""
+        flag = threading.Event()
+        key = (what, session) if session else None
+        if key is not None:
+            with self._lock:
+                self._flags[key] = flag
+        try:
+            yield flag
+        finally:
+            if key is not None:
+                with self._lock:
+                    if self._flags.get(key) is flag:  # a newer request of the session may
+                        del self._flags[key]  # have taken the slot: leave that one alone
+
+    def stop(self, what: str, session: str | None) -> bool:
+        """Set the flag of `session`'s running request in `what`; False when there is none."""
+        if not session:
+            return False
+        with self._lock:
+            flag = self._flags.get((what, session))
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+    def is_running(self, what: str, session: str | None) -> bool:
+        with self._lock:
+            return bool(session) and (what, session) in self._flags
+
+
+@contextmanager
+def exclusive(obj: Any) -> Iterator[Any]:
+    """Hold `obj` (a shared pipeline) for one request: per-request settings applied inside
+    the block are the ones its call sees. The lock lives on the object, so it goes with it
+    when the manager evicts the model."""
+    lock = getattr(obj, "_studio_exclusive", None)
+    if lock is None:
+        with _attach_lock:
+            lock = getattr(obj, "_studio_exclusive", None)
+            if lock is None:
+                lock = threading.RLock()
+                obj._studio_exclusive = lock
+    with lock:
+        yield obj
+
+
+_attach_lock = threading.Lock()
