@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 
@@ -34,8 +35,9 @@ def main(argv: list[str]) -> int:
         os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", YOLO_OFFLINE="1")
 
     from studio import doctor
-    from studio.app import build_app, launch_kwargs
+    from studio.app import build_app, configure_queue, launch_kwargs
     from studio.context import build_studio
+    from studio.hub import apply_saved_choices
     from studio.profiles import profile_models
     from studio.weights import ensure_small_weights
 
@@ -45,23 +47,37 @@ def main(argv: list[str]) -> int:
         if missing:
             print(f"Note: small-profile weights not installed: {', '.join(missing)}; "
                   "tabs that need them will say so.")
-        studio.choices = profile_models("small")  # paths of what was just installed
+        studio.choices = apply_saved_choices(  # paths of what was just installed
+            settings.home, "small", profile_models("small"))
     # The doctor's findings become the page's warning banner (and are printed below).
     studio.extras["doctor"] = doctor.problems(doctor.run_checks(settings.home))
     if settings.generated_password:
         user, password = settings.auth[0]
-        print(f"\n  Sharing is on and no --auth was given, so a password was generated:\n"
+        why = "Sharing is on" if settings.share else f"--host {settings.host} is reachable " \
+            "from other machines"
+        print(f"\n  {why} and no --auth was given, so a password was generated:\n"
               f"    user: {user}\n    password: {password}\n", flush=True)
 
     app = build_app(studio)
-    app.queue(default_concurrency_limit=4)
+    configure_queue(app)
+    terminated = []
+
+    def on_sigterm(signum, frame):  # a service manager's stop: close cleanly, keep the jobs
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         # quiet: Gradio's own lines ("set share=True in launch()") contradict the studio's
         # flags; the studio prints its own banner instead.
-        app.launch(share=settings.share, prevent_thread_lock=True, quiet=True,
+        if settings.share and settings.offline:
+            print("\n  --offline: no public link is opened (the share service is on the "
+                  "internet); serving locally only.\n", flush=True)
+        app.launch(share=settings.share and not settings.offline, prevent_thread_lock=True,
+                   quiet=True,
                    **launch_kwargs(studio))
         print(startup_banner(studio, app.local_url, app.share_url), flush=True)
-        if settings.share and not app.share_url:
+        if settings.share and not settings.offline and not app.share_url:
             print("\n  No public link could be opened (no internet, or the share service is "
                   f"unreachable). The studio keeps serving locally at {app.local_url}\n",
                   flush=True)
@@ -69,8 +85,14 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        studio.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        running = [v.id for v in studio.jobs.queue() if v.status == "running"]
+        studio.close(interrupt_jobs=not terminated)
         app.close()
+        if terminated:
+            kept = (f" {len(running)} running job(s) keep running ({', '.join(running)}); "
+                    "the next start adopts them." if running else "")
+            print(f"\n  Stopped (SIGTERM).{kept}\n", flush=True)
     return 0
 
 

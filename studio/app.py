@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from studio.config import format_bytes
+from studio.security import LockedDoor
 from studio.ui import views
+from studio.ui.lean import LeanBlocks
 
 log = logging.getLogger("studio.app")
 
@@ -22,30 +26,52 @@ TAB_MODULES = [
     "tabs.yolo",
     "tabs.sd",
     "tabs.whisper",
+    "tabs.whisper_ft",
     "tabs.vlm",
     "tabs.tinygpt",
+    "tabs.models",
 ]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
+class BrokenTab:
+    """Stands in for a tab package that exists but failed to import: an error tab that says
+    why, instead of a tab that silently vanishes."""
+
+    def __init__(self, name: str, reason: str):
+        self.__name__ = name
+        self.TITLE = f"⚠ {name.rsplit('.', 1)[-1]}"
+        self.reason = reason
+
+    def build_ui(self, studio: Any) -> None:
+        gr.Markdown(f"### This tab failed to load\n`{self.__name__}`: {self.reason}\n\n"
+                    "The rest of the studio works. The full traceback is in the studio's log.",
+                    elem_classes=["studio-broken-tab"])
+
+
 def available_tabs(modules: list[str] | None = None) -> list[Any]:
-    """Import each tab package that exists; a broken tab is logged, not fatal to the app."""
-    found = []
+    """Import each tab package that exists. A package that is not there yet is left out; one
+    that exists but fails to import (a missing module inside it, a syntax error, a package
+    without TITLE/build_ui) becomes a `BrokenTab` with the reason, and is logged."""
+    found: list[Any] = []
     for name in TAB_MODULES if modules is None else modules:
         try:
-            mod = importlib.import_module(name)
-            if not hasattr(mod, "TITLE") or not callable(getattr(mod, "build_ui", None)):
-                log.warning("tab %s has no TITLE/build_ui yet; left out", name)
-                continue
-            found.append(mod)
-        except ModuleNotFoundError as e:
-            if e.name is not None and (e.name == name or name.startswith(e.name + ".")
-                                       or e.name.startswith(name)):
+            if importlib.util.find_spec(name) is None:
                 continue  # not built yet
+        except (ImportError, ValueError):
+            continue
+        try:
+            mod = importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - one broken tab must not take the studio down
             log.exception("tab %s failed to import", name)
-        except Exception:
-            log.exception("tab %s failed to import", name)
+            found.append(BrokenTab(name, f"{type(e).__name__}: {e}"))
+            continue
+        if not hasattr(mod, "TITLE") or not callable(getattr(mod, "build_ui", None)):
+            log.warning("tab %s has no TITLE/build_ui", name)
+            found.append(BrokenTab(name, "the package has no TITLE or build_ui"))
+            continue
+        found.append(mod)
     return found
 
 
@@ -129,11 +155,13 @@ def build_status(studio: Any) -> None:
     free_btn.click(free_all, outputs=[result], api_name="studio_free_all")
     status_json = gr.JSON(visible=False)
     gr.Button("status", visible=False).click(lambda: status_snapshot(studio), outputs=[status_json],
-                                             api_name="studio_status")
+                                             api_name="studio_status", queue=False)
 
 
 def build_app(studio: Any, tab_modules: list[str] | None = None) -> gr.Blocks:
-    with gr.Blocks(title="OneGPU Studio") as app:
+    # a request waiting for memory (a job's, another request's) tells its own session why
+    studio.models.on_wait = lambda msg: gr.Info(msg, duration=10)
+    with LeanBlocks(title="OneGPU Studio") as app:  # lean /config and /info: studio/ui/lean.py
         gr.Markdown(f"# OneGPU Studio\n{studio.device_summary()}", elem_id="studio-header")
         warnings = doctor_banner(studio.extras.get("doctor", []))
         if warnings:
@@ -145,7 +173,9 @@ def build_app(studio: Any, tab_modules: list[str] | None = None) -> gr.Blocks:
             studio.extras.setdefault("ui", {})["tabs"] = tab_set  # for cross-tab buttons
             build_tabs(studio, tabs)
         build_status(studio)
-    return app
+    from studio.ui.errors import guard_app
+
+    return guard_app(app)  # no handler of any tab ends in a bare "Error"
 
 
 def doctor_banner(problems: list[Any]) -> str:
@@ -175,6 +205,21 @@ def public_api_names(app: gr.Blocks) -> list[str]:
                    if f.api_name and getattr(f, "api_visibility", "public") == "public"})
 
 
+def configure_queue(app: gr.Blocks) -> gr.Blocks:
+    """The queue the studio serves with; launch.py and the app-level tests both use it.
+
+    Handlers with ``concurrency_id="gpu"`` run at most `GPU_CONCURRENCY` at a time (what one
+    card does well, studio/sessions.py); light handlers up to 4 each.
+    """
+    from studio.sessions import GPU_CONCURRENCY
+
+    fns = app.fns.values() if isinstance(app.fns, dict) else app.fns
+    for fn in fns:
+        if fn.concurrency_id == "gpu":
+            fn.concurrency_limit = GPU_CONCURRENCY
+    return app.queue(default_concurrency_limit=4)
+
+
 def launch_kwargs(studio: Any) -> dict[str, Any]:
     s = studio.settings
     css_path = ASSETS / "studio.css"
@@ -185,5 +230,9 @@ def launch_kwargs(studio: Any) -> dict[str, Any]:
         "auth_message": "OneGPU Studio: sign in" if s.auth else None,
         "allowed_paths": [str(s.home)],
         "css_paths": [str(css_path)] if css_path.exists() else None,
-        "footer_links": ["api", "settings"],
+        "footer_links": ["api", "settings"] if not s.auth else ["settings"],
+        # Behind a login nothing describes the API to a visitor who has not signed in, and
+        # wrong passwords are slowed per client (studio/security.py).
+        "app_kwargs": {"middleware": [Middleware(LockedDoor)], "openapi_url": None,
+                       "docs_url": None, "redoc_url": None},
     }

@@ -40,6 +40,10 @@ TELEMETRY_OFF = {
     "ANONYMIZED_TELEMETRY": "False",  # chromadb
     "PYANNOTE_METRICS_ENABLED": "0",  # pyannote.audio sends OpenTelemetry metrics otherwise
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    "ORT_DISABLE_TELEMETRY": "1",  # onnxruntime (faster-whisper's VAD) looks up its host
+    "DO_NOT_TRACK": "1",  # the common opt-out (Gradio, and libraries that honour it)
+    "YOLO_AUTOINSTALL": "false",  # Ultralytics never pip-installs; its "sync" is turned off
+    "DISABLE_TELEMETRY": "1",  # diffusers / huggingface libraries' older switch
 }
 
 
@@ -84,6 +88,8 @@ class Settings:
     auth: list[tuple[str, str]] = field(default_factory=list)
     generated_password: bool = False
     chroma_url: str | None = None
+    # Most bytes one uploaded archive may unpack to (zip bombs are refused before writing).
+    extract_budget: int = 2 * 1024**3
 
     @property
     def runs_dir(self) -> Path:
@@ -109,6 +115,12 @@ class Settings:
         for d in (self.runs_dir, self.uploads_dir, self.indexes_dir, self.exports_dir,
                   self.cache_dir):
             d.mkdir(parents=True, exist_ok=True)
+
+
+def _loopback(host: str) -> bool:
+    from studio.security import is_loopback
+
+    return is_loopback(host)
 
 
 def _parse_auth(text: str) -> tuple[str, str]:
@@ -157,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-file", help="file with one user:password per line")
     p.add_argument("--chroma-url", help="use a Chroma server (http://host:port) instead of the "
                    "embedded store")
+    p.add_argument("--extract-budget", help="most bytes one uploaded archive may unpack to, "
+                   "e.g. 2GiB (default); larger archives and zip bombs are refused")
     p.add_argument("--doctor", action="store_true",
                    help="print what this machine has and whether it fits, then exit")
     return p
@@ -201,14 +215,18 @@ def _settings(a: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         share=bool(a.share or _truthy(env.get("STUDIO_SHARE"))),
         chroma_url=pick(a.chroma_url, "CHROMA_URL"),
     )
+    extract_text = pick(a.extract_budget, "EXTRACT_BUDGET")
+    if extract_text:
+        s.extract_budget = parse_size(extract_text)
     auth_text = pick(a.auth, "AUTH")
     auth_file = pick(a.auth_file, "AUTH_FILE")
     if auth_text:
         s.auth.append(_parse_auth(auth_text))
     if auth_file:
         s.auth.extend(read_auth_file(Path(auth_file)))
-    if s.share and not s.auth:
-        # A public link with no password would hand the GPU (and the files) to anyone.
+    if (s.share or not _loopback(s.host)) and not s.auth:
+        # A public link, or an address other machines can reach, with no password would hand
+        # the GPU (and the files) to anyone who finds it.
         s.auth = [("studio", secrets.token_urlsafe(12))]
         s.generated_password = True
     return s

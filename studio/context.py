@@ -10,9 +10,11 @@ from typing import Any
 
 from studio.config import Settings, format_bytes
 from studio.devices import MemoryProbe, default_budget, detect_probe
+from studio.hub import apply_saved_choices
 from studio.jobs import JobManager
 from studio.models import ModelManager
 from studio.profiles import ModelChoice, profile_models
+from studio.sessions import StopFlags
 
 log = logging.getLogger("studio")
 
@@ -26,6 +28,8 @@ class Studio:
     profile: str
     choices: dict[str, ModelChoice]
     extras: dict[str, Any] = field(default_factory=dict)  # per-tab services (engines, stores)
+    # Stop flags of every streaming tab, keyed by Gradio session (studio/sessions.py)
+    stops: StopFlags = field(default_factory=StopFlags)
     _extras_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def service(self, name: str, factory: Callable[[Studio], Any]) -> Any:
@@ -48,8 +52,11 @@ class Studio:
         return (f"CPU only ({total} RAM) · model budget {format_bytes(self.models.budget)} · "
                 f"profile {self.profile}")
 
-    def close(self) -> None:
-        self.jobs.shutdown(interrupt=True)
+    def close(self, interrupt_jobs: bool = True) -> None:
+        """Stop the scheduler and free the models. With `interrupt_jobs`, running jobs are
+        asked to save and stop (marked interrupted, resumable); without, they keep running
+        and the next start adopts them."""
+        self.jobs.shutdown(interrupt=interrupt_jobs)
         for key in [r.key for r in self.models.loaded() if not r.key.startswith("job:")]:
             self.models.evict(key)
 
@@ -74,4 +81,5 @@ def build_studio(settings: Settings, probe: MemoryProbe | None = None,
     models = ModelManager(budget=budget, probe=probe, warm_bytes=warm)
     jobs = JobManager(settings.runs_dir, models=models, start_thread=start_jobs)
     return Studio(settings=settings, probe=probe, models=models, jobs=jobs, profile=profile,
-                  choices=profile_models(profile))
+                  choices=apply_saved_choices(settings.home, profile,
+                                              profile_models(profile)))

@@ -23,6 +23,10 @@ class MemoryProbe(Protocol):
     def driver_free(self) -> int | None: ...  # what the driver says is free (other processes too)
     def peak(self) -> int | None: ...
     def release_cache(self) -> None: ...
+    # Device bytes in use that torch's allocator did not hand out (CTranslate2, ONNX Runtime,
+    # other processes); the manager measures non-torch models by its growth over a load.
+    # None: this device cannot tell.
+    def untracked(self) -> int | None: ...
 
 
 def tensor_bytes(obj: Any) -> int:
@@ -103,6 +107,10 @@ class CudaProbe:
     def peak(self) -> int:
         return self._torch.cuda.max_memory_allocated(self.index)
 
+    def untracked(self) -> int:
+        free, total = self._torch.cuda.mem_get_info(self.index)
+        return max(total - free - self._torch.cuda.memory_reserved(self.index), 0)
+
     def release_cache(self) -> None:
         gc.collect()
         self._torch.cuda.empty_cache()
@@ -133,6 +141,9 @@ class CpuProbe:
     def release_cache(self) -> None:
         pass  # RAM is returned when the last reference goes
 
+    def untracked(self) -> None:
+        return None  # RAM: sizes come from the objects' tensors
+
 
 @dataclass
 class FakeProbe:
@@ -146,12 +157,13 @@ class FakeProbe:
     def __post_init__(self):
         self._lock = threading.Lock()
         self._allocated = 0
+        self._foreign = 0  # held by "non-torch" libraries in this process
         self._peak = 0
         self.release_calls = 0
 
     def alloc(self, n: int) -> None:
         with self._lock:
-            if self._allocated + n + self.other_process_bytes > self.total_bytes:
+            if self._allocated + self._foreign + n + self.other_process_bytes > self.total_bytes:
                 raise MemoryError(f"fake CUDA out of memory: tried to allocate {n} bytes")
             self._allocated += n
             self._peak = max(self._peak, self._allocated)
@@ -160,6 +172,20 @@ class FakeProbe:
         with self._lock:
             self._allocated -= n
 
+    def alloc_untracked(self, n: int) -> None:
+        """As a non-torch library (CTranslate2) would: the driver sees it, torch does not."""
+        with self._lock:
+            if self._allocated + self._foreign + n + self.other_process_bytes > self.total_bytes:
+                raise MemoryError(f"fake CUDA out of memory: tried to allocate {n} bytes")
+            self._foreign += n
+
+    def free_untracked(self, n: int) -> None:
+        with self._lock:
+            self._foreign -= n
+
+    def untracked(self) -> int:
+        return self._foreign + self.other_process_bytes
+
     def total(self) -> int:
         return self.total_bytes
 
@@ -167,7 +193,7 @@ class FakeProbe:
         return self._allocated
 
     def driver_free(self) -> int:
-        return self.total_bytes - self._allocated - self.other_process_bytes
+        return self.total_bytes - self._allocated - self._foreign - self.other_process_bytes
 
     def peak(self) -> int:
         return self._peak

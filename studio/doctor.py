@@ -1,4 +1,4 @@
-"""What this machine has, and whether it fits: ``python -m studio.doctor`` or ``launch.py --doctor``.
+"""What this machine has, and whether it fits: `python -m studio.doctor` (or `launch.py --doctor`).
 
 Each check is plain data (`Check`), so the same list prints in the terminal and becomes the
 warning banner at the top of the page when the studio starts. Versions are read from package
@@ -290,7 +290,7 @@ def disk_check(home: Path) -> Check:
     free = shutil.disk_usage(probe).free
     gib = free / 1024**3
     status = "ok" if gib >= 20 else "warn"
-    hint = "" if status == "ok" else " (the full profile's models take ~40 GB)"
+    hint = "" if status == "ok" else " (the full profile's models take ~53 GB)"
     return Check("disk", status, f"{gib:.1f} GiB free under {home}{hint}")
 
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.reporting import read_events
+from studio.reporting import EventTail
 
 log = logging.getLogger("studio.jobs")
 
@@ -118,7 +118,11 @@ class JobManager:
         self._lock = threading.RLock()
         self._procs: dict[str, subprocess.Popen] = {}
         self._reservations: dict[str, Any] = {}
-        self._cancel_at: dict[str, float] = {}
+        self._cancel_at: dict[str, float] = {}  # run -> when the cancel was sent (monotonic)
+        self._killed: set[str] = set()  # runs this manager force-killed after the grace period
+        self._term_pending: set[str] = set()  # cancelled while their worker was starting
+        self._tails: dict[str, EventTail] = {}  # events read incrementally, per run
+        self._listeners: list[Any] = []
         self._stop = threading.Event()
         self._recover()
         self._thread = None
@@ -152,6 +156,15 @@ class JobManager:
             return meta
 
     # ----- public API -----------------------------------------------------------------------
+    def add_listener(self, fn: Any) -> None:
+        """Call ``fn(run_id, status)`` when a run ends (in the scheduler thread: be quick,
+        e.g. wake a thread of your own)."""
+        self._listeners.append(fn)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     def submit(self, kind: str, entry: str, config: dict[str, Any], title: str = "",
                vram_bytes: int = 0, dataset_hash: str | None = None,
                seed: int | None = None) -> str:
@@ -174,8 +187,10 @@ class JobManager:
         return run_id
 
     def cancel(self, run_id: str) -> str:
-        """Queued: dropped at once. Running: asked to stop (it saves what it has), then killed
-        with its whole process group if it is still alive after the grace period."""
+        """Queued: dropped at once. Running: SIGTERM to the worker alone (its DataLoader workers
+        and other children are the framework's to stop); it saves what it has. The grace period
+        counts from the job's acknowledgement of the stop (``report.stopping()``), or from now
+        if it never acknowledges; after it the whole process group is killed."""
         with self._lock:
             meta = self._meta(run_id)
             if meta["status"] == "queued":
@@ -187,8 +202,16 @@ class JobManager:
             pid = meta.get("pid")
             self._cancel_at.setdefault(run_id, time.monotonic())
             self._update(run_id, cancel_requested=True, note="stopping: saving what exists")
-            self._signal(pid, signal.SIGTERM)
+            if self._worker_ready(run_id):
+                self._signal(pid, signal.SIGTERM, group=False)
+            else:  # still starting up: SIGTERM now would kill it before it can answer
+                self._term_pending.add(run_id)
             return "stopping"
+
+    def _worker_ready(self, run_id: str) -> bool:
+        """The worker has installed its stop handler (it reported this attempt running)."""
+        started = float(self._meta(run_id).get("started") or 0)
+        return self._tail(run_id).attempt_start >= started > 0
 
     def resume(self, run_id: str) -> str:
         """Queue a cancelled, failed or interrupted run again; it continues from its last
@@ -203,34 +226,37 @@ class JobManager:
         self._tick()
         return run_id
 
+    def _tail(self, run_id: str) -> EventTail:
+        with self._lock:
+            tail = self._tails.get(run_id)
+            if tail is None:
+                tail = self._tails[run_id] = EventTail(self.run_dir(run_id))
+            tail.update()
+            return tail
+
     def view(self, run_id: str, log_lines: int = 40) -> RunView:
+        """One run: its ``run.json`` plus its events, read from where the last view stopped.
+        ``log_lines=0`` reads no log."""
         meta = self._meta(run_id)
         d = self.run_dir(run_id)
         v = RunView(id=run_id, kind=meta["kind"], title=meta.get("title", meta["kind"]),
                     status=meta["status"], created=meta["created"], started=meta.get("started"),
                     ended=meta.get("ended"), error=meta.get("error", ""),
                     note=meta.get("note", ""), attempts=meta.get("attempts", 1), run_dir=str(d))
-        attempt_start = meta.get("started") or 0
-        first = None
-        for ev in read_events(d):
-            t = ev.get("type")
-            if t == "progress":
-                v.done, v.total, v.message = ev["done"], ev.get("total"), ev.get("message", "")
-                if ev["t"] >= attempt_start and first is None:
-                    first = (ev["t"], ev["done"])
-                last = (ev["t"], ev["done"])
-            elif t == "metrics":
-                v.metrics.append({k: val for k, val in ev.items() if k not in ("t", "type")})
-            elif t == "artifact":
-                v.artifacts.append({"path": str(d / ev["path"]), "kind": ev.get("kind", "file"),
-                                    "label": ev.get("label", "")})
-        if v.status == "running" and first and v.total:
-            (t0, d0), (t1, d1) = first, last
+        tail = self._tail(run_id)
+        last, first = tail.last_progress, tail.first_progress
+        if last is not None:
+            v.done, v.total, v.message = last["done"], last.get("total"), last.get("message", "")
+        v.metrics = [dict(row) for _, row in sorted(tail.metrics.items())]
+        v.artifacts = [{"path": str(d / ev["path"]), "kind": ev.get("kind", "file"),
+                        "label": ev.get("label", "")} for ev in tail.artifacts]
+        if v.status == "running" and first and last and v.total:
+            t0, d0, t1, d1 = first["t"], first["done"], last["t"], last["done"]
             if t1 > t0 and d1 > d0:
                 rate = (d1 - d0) / (t1 - t0)
                 v.eta_seconds = max(0.0, (v.total - d1) / rate)
         logf = d / "log.txt"
-        if logf.exists():
+        if log_lines > 0 and logf.exists():
             with open(logf, "rb") as f:
                 f.seek(0, 2)
                 f.seek(max(0, f.tell() - 64_000))
@@ -238,22 +264,55 @@ class JobManager:
             v.log_tail = "\n".join(text.splitlines()[-log_lines:])
         return v
 
+    def fingerprint(self, run_id: str) -> tuple[Any, ...] | None:
+        """Changes whenever anything a view shows may have changed (sizes and times of the
+        run's files): a panel compares it to send nothing when nothing moved."""
+        try:
+            d = self.run_dir(run_id)
+        except KeyError:
+            return None
+        out: list[Any] = [run_id]
+        for name in ("run.json", "events.jsonl", "log.txt"):
+            try:
+                st = (d / name).stat()
+                out += [st.st_size, st.st_mtime_ns]
+            except OSError:
+                out += [None, None]
+        return tuple(out)
+
+    def _metas(self) -> list[dict[str, Any]]:
+        out = []
+        for d in self.runs_dir.iterdir():
+            p = d / "run.json"
+            if p.exists():
+                try:
+                    out.append(json.loads(p.read_text()))
+                except (OSError, json.JSONDecodeError):
+                    continue
+        return out
+
     def list_runs(self, kind: str | None = None) -> list[RunView]:
         """Every run on disk, newest first."""
         views = []
-        for d in self.runs_dir.iterdir():
-            if (d / "run.json").exists():
-                try:
-                    v = self.view(d.name, log_lines=0)
-                except (KeyError, json.JSONDecodeError):
-                    continue
-                if kind is None or v.kind == kind:
-                    views.append(v)
+        for meta in self._metas():
+            if kind is not None and meta.get("kind") != kind:
+                continue
+            try:
+                views.append(self.view(meta["id"], log_lines=0))
+            except (KeyError, json.JSONDecodeError):
+                continue
         return sorted(views, key=lambda v: v.created, reverse=True)
 
     def queue(self) -> list[RunView]:
-        """Running and queued runs, in the order they will run."""
-        runs = [v for v in self.list_runs() if v.status in ("running", "queued")]
+        """Running and queued runs, in the order they will run (only their folders are read:
+        the status bar asks every two seconds, whatever the history holds)."""
+        runs = []
+        for meta in self._metas():
+            if meta.get("status") in ("running", "queued"):
+                try:
+                    runs.append(self.view(meta["id"], log_lines=0))
+                except (KeyError, json.JSONDecodeError):
+                    continue
         return sorted(runs, key=lambda v: (v.status != "running", v.created))
 
     def wait(self, run_id: str, timeout: float = 60.0) -> RunView:
@@ -277,13 +336,13 @@ class JobManager:
             return
         with self._lock:
             for proc in list(self._procs.values()):
-                self._signal(proc.pid, signal.SIGTERM)
+                self._signal(proc.pid, signal.SIGTERM, group=False)
             deadline = time.monotonic() + self.grace_seconds
             for run_id, proc in list(self._procs.items()):
                 try:
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    self._signal(proc.pid, signal.SIGKILL)
+                    self._signal(proc.pid, signal.SIGKILL, group=True)
                     proc.wait()
                 self._update(run_id, status="interrupted", ended=time.time(),
                              note="interrupted by a studio restart; resume to continue")
@@ -310,18 +369,9 @@ class JobManager:
                 self._start(queued[0].id)
 
     def _active(self) -> list[RunView]:
-        out = []
-        for d in self.runs_dir.iterdir():
-            p = d / "run.json"
-            if p.exists():
-                try:
-                    meta = json.loads(p.read_text())
-                except json.JSONDecodeError:
-                    continue
-                if meta["status"] in ("queued", "running"):
-                    out.append(RunView(id=meta["id"], kind=meta["kind"], title=meta["kind"],
-                                       status=meta["status"], created=meta["created"]))
-        return out
+        return [RunView(id=m["id"], kind=m["kind"], title=m["kind"], status=m["status"],
+                        created=m["created"])
+                for m in self._metas() if m.get("status") in ("queued", "running")]
 
     def _start(self, run_id: str) -> None:
         meta = self._meta(run_id)
@@ -370,44 +420,56 @@ class JobManager:
             if v.status == "running" and v.id not in self._procs:
                 meta = self._meta(v.id)
                 if _pid_alive(meta.get("pid")):
+                    if meta.get("cancel_requested") and v.id not in self._cancel_at:
+                        self._cancel_at[v.id] = time.monotonic()  # cancelled before a restart
                     self._enforce_grace(v.id, meta.get("pid"))
                 else:
                     self._finish(v.id, None)
 
     def _enforce_grace(self, run_id: str, pid: int | None) -> None:
+        """Kill the worker's whole group once the grace period is over. It counts from the
+        job's acknowledgement of the stop when there is one (then a framework's final save or
+        validation has the whole period), else from the cancel."""
         t = self._cancel_at.get(run_id)
-        if t is not None and time.monotonic() - t > self.grace_seconds:
-            self._signal(pid, signal.SIGKILL)
+        if t is None or run_id in self._killed:
+            return
+        if run_id in self._term_pending and self._worker_ready(run_id):
+            self._term_pending.discard(run_id)
+            self._signal(pid, signal.SIGTERM, group=False)
+        grace = self.grace_seconds
+        ack = self._tail(run_id).stopping
+        if ack is not None:
+            # the event's wall time, moved onto the monotonic clock of the cancel
+            t = max(t, time.monotonic() - max(0.0, time.time() - float(ack.get("t", 0))))
+            grace = max(grace, float(ack.get("grace_s") or 0))
+        if time.monotonic() - t > grace:
+            self._signal(pid, signal.SIGKILL, group=True)
+            self._killed.add(run_id)
             self._update(run_id, note="killed: it did not stop within the grace period")
 
     def _finish(self, run_id: str, code: int | None) -> None:
-        """Decide how a run ended from its exit code and its own last status event."""
-        final = None
-        error = ""
-        for ev in read_events(self.run_dir(run_id)):
-            if ev.get("type") == "status" and ev.get("state") in FINAL:
-                if ev.get("t", 0) >= (self._meta(run_id).get("started") or 0):
-                    final, error = ev["state"], ev.get("error", "")
+        """Decide how a run ended (see `verdict`)."""
+        meta = self._meta(run_id)
+        tail = self._tail(run_id)
+        final = tail.final_status(since=float(meta.get("started") or 0))
         cancelled = self._cancel_at.pop(run_id, None) is not None or \
-            self._meta(run_id).get("cancel_requested")
-        if cancelled:
-            status = "cancelled"
-        elif code == 0 and final == "succeeded":
-            status = "succeeded"
-        elif final == "failed":
-            status = "failed"
-        elif code is None:
-            status = final or "interrupted"
-        else:
-            status = "failed"
-            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-            error = error or f"the job process crashed ({how}) before reporting a result"
-        note = self._meta(run_id).get("note", "")
-        if status == "cancelled" and not note.startswith("killed"):
-            note = "cancelled; what it had saved is kept"
-        self._update(run_id, status=status, ended=time.time(), error=error,
-                     note=note if status != "succeeded" else "", exit_code=code)
+            bool(meta.get("cancel_requested"))
+        killed = run_id in self._killed
+        self._killed.discard(run_id)
+        self._term_pending.discard(run_id)
+        status, error, note = verdict(code, final, cancelled, killed,
+                                      adopted=code is None, note=meta.get("note", ""))
+        self._update(run_id, status=status, ended=time.time(), error=error, note=note,
+                     exit_code=code)
         self._release(run_id)
+        self._notify(run_id, status)
+
+    def _notify(self, run_id: str, status: str) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(run_id, status)
+            except Exception:
+                log.exception("job listener failed for %s", run_id)
 
     def _release(self, run_id: str) -> None:
         r = self._reservations.pop(run_id, None)
@@ -431,27 +493,66 @@ class JobManager:
                 self._finish_recovered(meta["id"])
 
     def _finish_recovered(self, run_id: str) -> None:
-        final = None
-        for ev in read_events(self.run_dir(run_id)):
-            if ev.get("type") == "status" and ev.get("state") in FINAL:
-                final = ev["state"]
+        meta = self._meta(run_id)
+        ev = self._tail(run_id).final_status(since=float(meta.get("started") or 0))
+        final = ev["state"] if ev else None
         if final in ("succeeded", "failed", "cancelled"):
-            self._update(run_id, status=final, ended=time.time())
+            self._update(run_id, status=final, ended=time.time(), error=ev.get("error", ""))
         else:
             self._update(run_id, status="interrupted", ended=time.time(),
                          note="interrupted by a studio restart; resume to continue")
 
     @staticmethod
-    def _signal(pid: int | None, sig: int) -> None:
+    def _signal(pid: int | None, sig: int, group: bool) -> None:
+        """`sig` to the worker, or with `group` to its whole process group (it leads its own:
+        DataLoader workers and other children go too; only for the final kill)."""
         if not pid:
             return
-        try:
-            os.killpg(pid, sig)  # the worker leads its own group: children go too
-        except (ProcessLookupError, PermissionError):
+        if group:
             try:
-                os.kill(pid, sig)
+                os.killpg(pid, sig)
+                return
             except (ProcessLookupError, PermissionError):
                 pass
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def verdict(code: int | None, final: dict[str, Any] | None, cancel_requested: bool,
+            killed: bool, adopted: bool, note: str = "") -> tuple[str, str, str]:
+    """(status, error, note) of a run that ended, from one cause, whoever started the worker.
+
+    `code` is the exit code (None for a worker adopted after a restart: unknown), `final` the
+    worker's own last status event of this attempt, `killed` whether the grace period ran out.
+    A job that says it succeeded, failed or stopped is believed when its exit agrees; a
+    process that died without a word failed (a signal, the OOM killer, a crash), also during
+    a cancel: a crash while saving is not a clean "cancelled"."""
+    state = final.get("state") if final else None
+    error = (final or {}).get("error", "")
+    if killed:
+        return "cancelled", "", "killed: it did not stop within the grace period; its last " \
+                                "checkpoint is kept"
+    if state == "failed":
+        return "failed", error or "the job reported a failure", note
+    if state == "cancelled" and code in (0, None):
+        early = bool((final or {}).get("early"))
+        return "cancelled", "", ("cancelled before it started" if early else
+                                 "cancelled; what it had saved is kept")
+    if state == "succeeded" and code in (0, None):
+        return ("cancelled", "", "cancelled; it had just finished, its result is kept") \
+            if cancel_requested else ("succeeded", "", "")
+    if code is None:
+        how = "killed or crashed; it was adopted after a restart, so its exit status is unknown"
+    elif code < 0:
+        how = f"killed by signal {-code}"
+    else:
+        how = f"exit code {code}"
+    how = f"the job process ended without reporting a result ({how})"
+    if cancel_requested:
+        how += " while it was stopping"
+    return "failed", how, ""
 
 
 def library_versions() -> dict[str, str]:

@@ -5,6 +5,11 @@ request uses them, and evicted least-recently-used first when a new one needs ro
 models may be parked in CPU RAM (the warm tier) so that coming back is a copy, not a disk load.
 Training jobs take a `reserve` of bytes, which evicts idle models the same way.
 
+Loads run outside the manager's lock: the model gets a pinned "loading" entry (its estimate
+counted against the budget) that other requests for it wait on, while status, Unload, Free all
+and other models answer at once. First use registers with `ModelManager.ensure`. The whole
+concurrency model is in studio/sessions.py.
+
 Invariant, checked by the tests after every call: resident bytes + reservations <= budget.
 """
 
@@ -28,6 +33,12 @@ log = logging.getLogger("studio.models")
 
 class BudgetExceeded(RuntimeError):
     """A model or reservation cannot fit, even after evicting every idle model."""
+
+
+def _untracked(probe: MemoryProbe) -> int | None:
+    """Device bytes in use outside torch's allocator (None where the probe cannot tell)."""
+    fn = getattr(probe, "untracked", None)
+    return fn() if fn is not None else None
 
 
 def torch_offload(obj: Any) -> Any:
@@ -175,7 +186,7 @@ class _Entry:
     spec: ModelSpec
     obj: Any
     size: int  # measured bytes on the device
-    state: str  # "resident" | "warm"
+    state: str  # "loading" | "resident" | "warm"
     last_used: float
     pins: int = 0
     load_seconds: float = 0.0
@@ -236,6 +247,9 @@ class ModelManager:
         self.load_counts: dict[str, int] = {}  # cold loads from disk per key
         self.history: list[str] = []  # decisions, newest last, shown in the UI
         self.leaks: list[str] = []
+        # Called with a plain sentence when a request starts waiting for memory (the app sets
+        # it to a toast for the waiting session); the sentence also goes to `history`.
+        self.on_wait: Callable[[str], None] | None = None
 
     # ----- registry -------------------------------------------------------------------------
     def register(self, spec: ModelSpec, replace: bool = False) -> None:
@@ -245,8 +259,25 @@ class ModelManager:
                     return
                 raise ValueError(f"model key already registered: {spec.key}")
             if replace and spec.key in self._entries:
+                if self._entries[spec.key].pins:
+                    raise ValueError(f"{spec.key} is in use; it can be replaced when its "
+                                     "requests finish")
                 self._drop(spec.key, reason="replaced")
             self._specs[spec.key] = spec
+
+    def ensure(self, key: str, make_spec: Callable[[], ModelSpec]) -> str:
+        """Register ``make_spec()`` under `key` unless something already is; returns `key`.
+
+        Check and register happen under the lock, so two first requests at once register once
+        (the second gets the first one's spec). `make_spec` must be cheap: no loading.
+        """
+        with self._cond:
+            if key not in self._specs:
+                spec = make_spec()
+                if spec.key != key:
+                    raise ValueError(f"spec key {spec.key!r} is not {key!r}")
+                self._specs[key] = spec
+            return key
 
     def is_registered(self, key: str) -> bool:
         return key in self._specs
@@ -255,7 +286,8 @@ class ModelManager:
     def used(self) -> int:
         """Resident model bytes plus reservations: what the budget is checked against."""
         with self._cond:
-            resident = sum(e.size for e in self._entries.values() if e.state == "resident")
+            resident = sum(e.size for e in self._entries.values()
+                           if e.state in ("resident", "loading"))
             return resident + sum(r.nbytes for r in self._reservations)
 
     def _warm_used(self) -> int:
@@ -273,8 +305,8 @@ class ModelManager:
         """Plain words for what holds the memory, for error messages."""
         parts = []
         for e in sorted(self._entries.values(), key=lambda e: -e.size):
-            if e.state == "resident":
-                how = "in use" if e.pins else "idle"
+            if e.state in ("resident", "loading"):
+                how = "loading" if e.state == "loading" else "in use" if e.pins else "idle"
                 parts.append(f"{e.spec.title or e.spec.key} {format_bytes(e.size)} ({how})")
         for r in self._reservations:
             parts.append(f"job {r.owner} {format_bytes(r.nbytes)} (reserved)")
@@ -290,11 +322,15 @@ class ModelManager:
             return None
         return min(idle, key=lambda e: e.last_used).spec.key
 
+    def _loading_bytes(self) -> int:
+        """Counted in `used` but not yet visible in the driver's free memory."""
+        return sum(e.size for e in self._entries.values() if e.state == "loading")
+
     def _fits(self, need: int) -> bool:
         if self.used() + self._pinned_reserve() + need > self.budget:
             return False
         free = self.probe.driver_free()
-        return free is None or free - self.driver_margin >= need
+        return free is None or free - self._loading_bytes() - self.driver_margin >= need
 
     def _make_room(self, need: int, for_what: str, exclude: str | None = None) -> None:
         """Evict idle models, oldest use first, until `need` bytes fit. Raises if they can't."""
@@ -307,6 +343,8 @@ class ModelManager:
         idle = sum(e.size for k, e in self._entries.items()
                    if e.state == "resident" and e.pins == 0 and k != exclude)
         free = self.probe.driver_free()
+        if free is not None:
+            free -= self._loading_bytes()
         could_fit = (self.used() - idle + self._pinned_reserve() + need <= self.budget and
                      (free is None or free + idle - self.driver_margin >= need))
         while not self._fits(need):
@@ -367,87 +405,163 @@ class ModelManager:
     # ----- loading --------------------------------------------------------------------------
     def _measure_load(self, fn: Callable[[], Any]) -> tuple[Any, int, float]:
         before = self.probe.allocated()
+        untracked_before = _untracked(self.probe)
         t0 = time.perf_counter()
         obj = fn()
         seconds = time.perf_counter() - t0
         after = self.probe.allocated()
+        untracked_after = _untracked(self.probe)
         counted = tensor_bytes(obj) if self.probe.device != "cuda" or before is None else 0
         delta = (after - before) if before is not None and after is not None else 0
         # The allocator delta is the truth on a GPU; a concurrent request can only inflate it,
         # which errs on the safe side. Where nothing counts allocations, count the tensors.
-        return obj, max(delta, counted, 0), seconds
+        # Memory torch never sees (CTranslate2, ONNX Runtime) shows up only in what the driver
+        # reports as used outside torch's allocator: add its growth.
+        foreign = 0
+        if untracked_before is not None and untracked_after is not None:
+            foreign = max(untracked_after - untracked_before, 0)
+        return obj, max(delta, counted, 0) + foreign, seconds
 
-    def _ensure_resident(self, key: str) -> _Entry:
-        spec = self._specs.get(key)
-        if spec is None:
-            raise KeyError(f"unknown model: {key}")
-        e = self._entries.get(key)
-        if e is not None and e.state == "resident":
-            return e
+    def _plan_load(self, key: str) -> tuple[_Entry, Callable[[], Any], bool]:
+        """Under the lock: make room and put a pinned "loading" entry in place, so the memory
+        is counted and other requests for `key` wait for this load. Returns (entry, loader,
+        is_restore); the caller runs the loader outside the lock."""
+        spec = self._specs[key]
         title = spec.title or key
+        e = self._entries.get(key)
         if e is not None and e.state == "warm" and spec.restore is not None:
             self._make_room(e.size + spec.reserve, title, exclude=key)
-            try:
-                obj, size, secs = self._measure_load(
-                    lambda: spec.restore(e.obj, self.probe.device))
-            except Exception as exc:
-                if is_oom(exc):
-                    raise
-                log.warning("warm restore of %s failed (%s); loading from disk", key, exc)
-                self._drop(key, reason="warm restore failed")
-                return self._ensure_resident(key)
+            warm_obj = e.obj
+            e.state, e.pins = "loading", e.pins + 1
+            return e, (lambda: spec.restore(warm_obj, self.probe.device)), True
+        if e is not None:  # warm but cannot be restored: load from disk
+            self._drop(key, reason="reload")
+        self._make_room((spec.estimate or 0) + spec.reserve, title)
+        e = _Entry(spec=spec, obj=None, size=int(spec.estimate or 0), state="loading",
+                   last_used=time.monotonic(), pins=1)
+        self._entries[key] = e
+        return e, (lambda: spec.load(self.probe.device)), False
+
+    def _finish_load(self, key: str, e: _Entry, obj: Any, size: int, secs: float,
+                     restored: bool) -> None:
+        """Under the lock: the loaded object becomes resident (still pinned for the caller)."""
+        spec = e.spec
+        title = spec.title or key
+        if restored:
             e.obj, e.state, e.restores = obj, "resident", e.restores + 1
             e.size = max(size, e.size) if size else e.size
             e.load_seconds = secs
             self._note(f"restored {key} from CPU RAM in {secs:.2f} s")
         else:
-            if e is not None:  # warm but cannot be restored: load from disk
-                self._drop(key, reason="reload")
-            need = (spec.estimate or 0) + spec.reserve
-            self._make_room(need, title)
-            obj, size, secs = self._measure_load(lambda: spec.load(self.probe.device))
-            e = _Entry(spec=spec, obj=obj, size=size, state="resident",
-                       last_used=time.monotonic(), load_seconds=secs, loads=1)
+            e.obj, e.size, e.state = obj, size, "resident"
+            e.load_seconds, e.loads = secs, 1
             self.load_counts[key] = self.load_counts.get(key, 0) + 1
-            self._entries[key] = e
             if spec.prestage is not None and spec.offload is not None and \
                     self.probe.device == "cuda" and self._warm_used() + size <= self.warm_bytes:
                 threading.Thread(target=spec.prestage, args=(obj,), daemon=True,
                                  name=f"prestage-{key}").start()
             self._note(f"loaded {key}: {format_bytes(size)} in {secs:.2f} s")
+        e.last_used = time.monotonic()
         # The estimate may have been low: evict others until the measured size fits.
-        if self.used() + self._pinned_reserve() > self.budget:
-            try:
-                while self.used() + self._pinned_reserve() > self.budget:
-                    victim = self._lru_victim(exclude=key)
-                    if victim is None:
-                        raise BudgetExceeded(
-                            f"{title} measured {format_bytes(e.size)}, more than fits in the "
-                            f"{format_bytes(self.budget)} budget next to: {self.holders()}"
-                        )
-                    self._evict_one(victim, reason=f"to make room for {title}")
-            except BudgetExceeded:
+        over = lambda: self.used() + self._pinned_reserve() > self.budget  # noqa: E731
+        while over():
+            victim = self._lru_victim(exclude=key)
+            if victim is None:
+                e.pins -= 1
                 self._drop(key, reason="did not fit")
-                raise
-        return e
+                raise BudgetExceeded(
+                    f"{title} measured {format_bytes(e.size)}, more than fits in the "
+                    f"{format_bytes(self.budget)} budget next to: {self.holders()}"
+                )
+            self._evict_one(victim, reason=f"to make room for {title}")
 
-    def _load_with_retry(self, key: str) -> _Entry:
-        try:
-            return self._ensure_resident(key)
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            self._note(f"out of memory loading {key}; evicting idle models and retrying once")
-            self._evict_idle(exclude=key)
+    def _abandon_load(self, key: str, e: _Entry, restored: bool) -> None:
+        """Under the lock: a load failed; take its entry out so others may try again."""
+        e.pins -= 1
+        if self._entries.get(key) is e:
+            if restored and e.obj is not None:
+                self._drop(key, reason="warm restore failed")
+            else:
+                self._entries.pop(key, None)
+        self._cond.notify_all()
+
+    def _waiting_for(self, key: str) -> str:
+        """Plain words for what a request waiting for memory waits on."""
+        title = self._specs[key].title or key
+        jobs = [f"job {r.owner} to release {format_bytes(r.nbytes)}" for r in self._reservations]
+        busy = [f"{e.spec.title or k} ({format_bytes(e.size)}, {e.state})"
+                for k, e in self._entries.items() if k != key and e.pins]
+        parts = []
+        if jobs:
+            parts.append("waiting for the " + " and the ".join(jobs))
+        if busy:
+            parts.append("waiting for requests using " + ", ".join(busy) + " to finish")
+        return f"{title}: " + "; ".join(parts or ["waiting for GPU memory"])
+
+    def _acquire(self, key: str, wait: float | None) -> _Entry:
+        """The resident entry for `key`, pinned once for the caller. Loads run outside the
+        lock: status, Unload and other models answer while a big model loads."""
+        deadline = time.monotonic() + (self.wait_seconds if wait is None else wait)
+        oom_retried = False
+        announced = ""
+        while True:
+            with self._cond:
+                if key not in self._specs:
+                    raise KeyError(f"unknown model: {key}")
+                e = self._entries.get(key)
+                if e is not None and e.state == "resident":
+                    e.pins += 1
+                    e.last_used = time.monotonic()
+                    return e
+                if e is not None and e.state == "loading":
+                    self._cond.wait(timeout=1.0)  # another request is loading it: share it
+                    continue
+                try:
+                    e, loader, restored = self._plan_load(key)
+                except BudgetExceeded:
+                    remaining = deadline - time.monotonic()
+                    blocked = bool(self._reservations) or any(
+                        x.pins for k, x in self._entries.items() if k != key)
+                    if remaining <= 0 or not blocked:
+                        raise
+                    msg = self._waiting_for(key)
+                    if msg != announced:  # say once (and again when the reason changes)
+                        announced = msg
+                        self._note(msg)
+                        if self.on_wait is not None:
+                            try:
+                                self.on_wait(msg)
+                            except Exception:  # a notice must never break the request
+                                log.debug("on_wait failed", exc_info=True)
+                    self._cond.wait(timeout=min(remaining, 1.0))
+                    continue
             try:
-                return self._ensure_resident(key)
-            except Exception as exc2:
-                if is_oom(exc2):
-                    raise BudgetExceeded(
-                        f"Out of GPU memory loading {self._specs[key].title or key}. "
-                        f"Held by: {self.holders()}."
-                    ) from exc2
-                raise
+                obj, size, secs = self._measure_load(loader)
+            except BaseException as exc:
+                with self._cond:
+                    self._abandon_load(key, e, restored)
+                    if restored and not is_oom(exc):
+                        log.warning("warm restore of %s failed (%s); loading from disk",
+                                    key, exc)
+                        continue
+                    if not is_oom(exc) or isinstance(exc, BudgetExceeded):
+                        raise
+                    title = self._specs[key].title or key
+                    if oom_retried:
+                        raise BudgetExceeded(
+                            f"Out of GPU memory loading {title}. Held by: {self.holders()}."
+                        ) from exc
+                    oom_retried = True
+                    self._note(f"out of memory loading {key}; evicting idle models and "
+                               "retrying once")
+                    self._evict_idle(exclude=key)
+                continue
+            with self._cond:
+                try:
+                    self._finish_load(key, e, obj, size, secs, restored)
+                finally:
+                    self._cond.notify_all()
+                return e
 
     def _evict_idle(self, exclude: str | None = None) -> None:
         while (victim := self._lru_victim(exclude)) is not None:
@@ -458,25 +572,11 @@ class ModelManager:
     def use(self, key: str, wait: float | None = None) -> Iterator[Any]:
         """Load (or reuse) a model and pin it while the ``with`` block runs.
 
-        If the memory is held by models in use elsewhere, wait up to `wait` seconds for them
-        to be released before raising `BudgetExceeded`.
+        If the memory is held by models in use elsewhere or by a job, wait up to `wait`
+        seconds for it (saying so through ``on_wait`` and the decisions list) before raising
+        `BudgetExceeded`. Two requests for a model that is loading share the one load.
         """
-        deadline = time.monotonic() + (self.wait_seconds if wait is None else wait)
-        with self._cond:
-            while True:
-                try:
-                    e = self._load_with_retry(key)
-                    break
-                except BudgetExceeded:
-                    remaining = deadline - time.monotonic()
-                    blocked_by_pins = any(
-                        x.pins for k, x in self._entries.items() if k != key
-                    ) or bool(self._reservations)
-                    if remaining <= 0 or not blocked_by_pins:
-                        raise
-                    self._cond.wait(timeout=min(remaining, 1.0))
-            e.pins += 1
-            e.last_used = time.monotonic()
+        e = self._acquire(key, wait)
         try:
             yield e.obj
         finally:
@@ -560,9 +660,9 @@ class ModelManager:
     def loaded(self) -> list[LedgerRow]:
         """The ledger: every resident or warm model and every reservation."""
         with self._cond:
+            where = {"resident": "resident", "loading": "loading", "warm": "warm (CPU RAM)"}
             rows = [
-                LedgerRow(e.spec.key, e.spec.title or e.spec.key,
-                          "resident" if e.state == "resident" else "warm (CPU RAM)",
+                LedgerRow(e.spec.key, e.spec.title or e.spec.key, where[e.state],
                           e.size, e.pins > 0, e.last_used)
                 for e in self._entries.values()
             ]

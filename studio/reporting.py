@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 
+class CancelledBeforeStart(BaseException):
+    """Raised by the SIGTERM handler when a cancel arrives before the job's loop started."""
+
+
 class Reporter:
     """Writes progress, metrics, log lines and artifacts of one run to its events file."""
 
@@ -27,8 +31,18 @@ class Reporter:
         self._lock = threading.Lock()
         self._events = open(self.run_dir / "events.jsonl", "a", buffering=1, encoding="utf-8")
         self._log = open(self.run_dir / "log.txt", "a", buffering=1, encoding="utf-8")
+        self._acknowledged = False
+        self._polled = False  # the job has looked at should_stop(): it handles stops itself
         if install_signal:
-            signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, *_: Any) -> None:
+        """A cancel. Once the job polls `should_stop()` it stops at its next check and saves;
+        before that (imports, loading a model) there is nothing to save, so the worker stops
+        at once instead of making the user wait for the loop to start."""
+        self._stop.set()
+        if not self._polled:
+            raise CancelledBeforeStart()
 
     # ----- what a job calls -------------------------------------------------------------------
     def progress(self, done: float, total: float | None = None, message: str = "") -> None:
@@ -55,7 +69,20 @@ class Reporter:
                     "step": int(step)})
 
     def should_stop(self) -> bool:
-        return self._stop.is_set()
+        self._polled = True
+        if self._stop.is_set():
+            if not self._acknowledged:
+                self.stopping()
+            return True
+        return False
+
+    def stopping(self, grace_s: float | None = None) -> None:
+        """Acknowledge a cancel: the job (or its framework hook) has taken the stop and is now
+        finishing (saving, a last validation). The studio's grace period counts from here;
+        a framework whose finish takes longer asks for more with `grace_s`."""
+        self._acknowledged = True
+        extra = {"grace_s": float(grace_s)} if grace_s is not None else {}
+        self._emit({"type": "stopping", **extra})
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -102,3 +129,84 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return out
+
+
+class EventTail:
+    """A run's events read incrementally: each `update()` parses only the bytes appended since
+    the last one (a status tick must not re-read thousands of events per run). Keeps what the
+    UI shows: last progress, metrics by step, artifacts, checkpoints, status and stop events.
+
+    Metrics are kept per step, and a resumed attempt's first event drops the steps after its
+    checkpoint, so steps that an attempt replays after a resume appear once, not twice."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "events.jsonl"
+        self.offset = 0
+        self.size = -1
+        self.last_progress: dict[str, Any] | None = None
+        self.first_progress: dict[str, Any] | None = None  # of this attempt (for the ETA)
+        self.metrics: dict[int, dict[str, float]] = {}
+        self.artifacts: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.stopping: dict[str, Any] | None = None
+        self.attempt_start = 0.0
+
+    def update(self) -> bool:
+        """Read what was appended; True when anything new was read."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return False
+        if size < self.offset:  # rewritten: start over
+            self.__init__(self.path.parent)
+        if size == self.offset:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(size - self.offset)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return False  # only half a line so far (a writer mid-line)
+        self.offset += end + 1
+        for line in data[:end].split(b"\n"):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                ev = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue  # a torn line from a killed process
+            self._add(ev)
+        return True
+
+    def _add(self, ev: dict[str, Any]) -> None:
+        t = ev.get("type")
+        if t == "progress":
+            self.last_progress = ev
+            if self.first_progress is None:
+                self.first_progress = ev
+        elif t == "metrics":
+            step = int(ev.get("step", 0))
+            row = self.metrics.setdefault(step, {"step": step})
+            row.update({k: v for k, v in ev.items() if k not in ("t", "type", "step")})
+        elif t == "artifact":
+            self.artifacts.append(ev)
+        elif t == "status":
+            self.statuses.append(ev)
+            if ev.get("state") == "running":  # a new attempt
+                self.attempt_start = float(ev.get("t", 0))
+                self.first_progress = None
+                self.stopping = None
+                resume = ev.get("resume_step")
+                if resume is not None:
+                    for step in [s for s in self.metrics if s > int(resume)]:
+                        del self.metrics[step]
+        elif t == "stopping":
+            self.stopping = ev
+
+    def final_status(self, since: float = 0.0) -> dict[str, Any] | None:
+        """The last final status event (succeeded/failed/cancelled) at or after `since`."""
+        for ev in reversed(self.statuses):
+            if ev.get("state") in ("succeeded", "failed", "cancelled"):
+                return ev if float(ev.get("t", 0)) >= since else None
+        return None

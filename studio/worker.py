@@ -1,7 +1,9 @@
 """``python -m studio.worker RUN_DIR``: run one job in this process and report through events.
 
 The job is the function named by ``entry`` in ``run.json``, called as ``run(config, report)``.
-SIGTERM sets ``report.should_stop()``; the job saves what it has and returns.
+SIGTERM sets ``report.should_stop()``; the job saves what it has and returns. A SIGTERM that
+arrives before the job first asks `should_stop()` (imports, model loading) ends the worker at
+once as cancelled.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from studio.config import quiet_telemetry
-from studio.reporting import Reporter
+from studio.reporting import CancelledBeforeStart, Reporter
 
 
 def seed_everything(seed: int) -> None:
@@ -59,15 +61,24 @@ def main(argv: list[str]) -> int:
     meta = json.loads((run_dir / "run.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     report = Reporter(run_dir, resume=meta.get("attempts", 1) > 1, install_signal=True)
-    report.status("running", pid=os.getpid(), attempt=meta.get("attempts", 1))
-    report.log(f"attempt {meta.get('attempts', 1)} of run {meta['id']} ({meta['entry']})")
-    emulate_card_from_env()
-    if meta.get("seed") is not None:
-        seed_everything(int(meta["seed"]))
     try:
+        # A resumed attempt restarts from its checkpoint: the steps after it are replayed, and
+        # the studio shows the new values in place of the old ones (EventTail).
+        last = report.last_checkpoint() if report.resume else None
+        report.status("running", pid=os.getpid(), attempt=meta.get("attempts", 1),
+                      **({"resume_step": last[1] if last else 0} if report.resume else {}))
+        report.log(f"attempt {meta.get('attempts', 1)} of run {meta['id']} ({meta['entry']})")
+        emulate_card_from_env()
+        if meta.get("seed") is not None:
+            seed_everything(int(meta["seed"]))
         module_name, _, func_name = meta["entry"].partition(":")
         fn = getattr(importlib.import_module(module_name), func_name)
         fn(config, report)
+    except CancelledBeforeStart:
+        report.status("cancelled", early=True)
+        report.log("cancelled before the job started its work; nothing to save")
+        report.close()
+        return 0
     except BaseException as e:  # noqa: BLE001 - every failure must reach the events file
         tb = traceback.format_exc()
         report.log(tb)

@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # chromadb
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")  # as studio.config.quiet_telemetry
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # onnxruntime, as studio.config
 
 import pytest  # noqa: E402
 
@@ -51,13 +52,13 @@ def studio(tmp_path):
 
 def launch_studio(home, tab_modules=None, port=None):
     """Build and launch the real app on loopback; returns (studio, app, url)."""
-    from studio.app import build_app, launch_kwargs
+    from studio.app import build_app, configure_queue, launch_kwargs
     from studio.config import Settings
     from studio.context import build_studio
 
     s = build_studio(Settings(home=home, profile="small", port=port or free_port()))
     app = build_app(s, tab_modules=tab_modules)
-    app.queue()
+    configure_queue(app)  # the production queue settings, not a simpler one
     kw = launch_kwargs(s)
     app.launch(prevent_thread_lock=True, quiet=True, **kw)
     return s, app, app.local_url

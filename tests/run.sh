@@ -9,11 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System tools: Chromium for the browser test, ffmpeg to decode audio/video, espeak-ng to make
-# speech, iproute2 for the network-namespace test.
+# speech, iproute2 and strace for the network-namespace test (what the studio contacts).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
+command -v ip >/dev/null || need+=(iproute2)
+command -v strace >/dev/null || need+=(strace)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

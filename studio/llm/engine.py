@@ -47,8 +47,14 @@ class ModelSource:
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha1(f"{self.source}|{self.quantization}|{self.gguf_file}".encode())
-        return f"llm:{self.title or Path(self.source).name}:{digest.hexdigest()[:8]}"
+        """Built from what is loaded (the resolved source, quantization, GGUF file), never the
+        display title: the same weights under two titles are one model in memory."""
+        where = self.source.strip()
+        path = Path(where).expanduser()
+        if path.exists():
+            where = str(path.resolve())
+        digest = hashlib.sha1(f"{where}|{self.quantization}|{self.gguf_file}".encode())
+        return f"llm:{Path(where).name or where}:{digest.hexdigest()[:8]}"
 
 
 def resolve_source(src: ModelSource) -> tuple[str, str | None]:
@@ -268,10 +274,12 @@ class _IdStreamer:
 
 
 def _generic_tokens(llm: LoadedLLM, prompt_ids: list[int], settings: GenerationSettings,
-                    stop_event: threading.Event | None) -> Iterator[int]:
+                    stop_event: threading.Event | None,
+                    extra: dict[str, Any] | None = None) -> Iterator[int]:
     """Token ids from ``model.generate()`` for architectures the fast path does not know.
 
     Stop reaches the device through a StoppingCriteria that checks the event every step.
+    `extra`: more model inputs (a VLM's pixel values, image grid).
     """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
@@ -294,6 +302,7 @@ def _generic_tokens(llm: LoadedLLM, prompt_ids: list[int], settings: GenerationS
         repetition_penalty=settings.repetition_penalty, streamer=streamer,
         stopping_criteria=StoppingCriteriaList([_EventStop()]),
         eos_token_id=sorted(llm.eos_ids), pad_token_id=min(llm.eos_ids) if llm.eos_ids else 0,
+        **(extra or {}),
     )
     if sample:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p,
@@ -327,14 +336,18 @@ class TransformersEngine(LLMEngine):
     """A local chat model. Loading is lazy: the first reply loads it through the manager."""
 
     def __init__(self, studio, source: ModelSource, max_context: int = DEFAULT_CONTEXT,
-                 fast: bool = True):
+                 fast: bool = True, adapter: str | None = None):
         self.studio = studio
         self.source = source
         self.name = source.title or source.source
-        self.key = source.key
+        # what is loaded: the weights, and the context / decode path they are loaded with
+        self.key = source.key + ("" if max_context == DEFAULT_CONTEXT else f":ctx{max_context}") \
+            + ("" if fast else ":generate")
         self.max_context = max_context
         self.fast = fast
-        self.adapter: str | None = None
+        # This engine's adapter. The shared model is switched to it inside `stream_turn`,
+        # under the model's lock, so each request is answered by its own engine's adapter.
+        self.adapter: str | None = _adapter_folder(adapter) if adapter else None
         self.last_stats: TurnStats | None = None  # of the last finished turn (server, UI)
         self._register()
 
@@ -349,25 +362,24 @@ class TransformersEngine(LLMEngine):
     def _register(self) -> None:
         from studio.models import ModelSpec
 
-        if self.studio.models.is_registered(self.key):
-            return
         cuda = self.studio.probe.device == "cuda"
-        self.studio.models.register(ModelSpec(
+        source, max_context, fast = self.source, self.max_context, self.fast
+        self.studio.models.ensure(self.key, lambda: ModelSpec(
             key=self.key,
-            load=lambda device: load_llm(self.source, device, self.max_context, self.fast),
+            load=lambda device: load_llm(source, device, max_context, fast),
             title=self.name,
-            estimate=_estimate_bytes(self.source),
+            estimate=_estimate_bytes(source),
             reserve=512 * 1024**2 if cuda else 0,
             unload=lambda llm: llm.close(),
         ))
 
     # ----- adapters -------------------------------------------------------------------------
     def attach_adapter(self, path: str) -> None:
-        """Use a PEFT (LoRA) adapter from `path` on top of the base, without reloading it."""
-        p = Path(path).expanduser()
-        if not (p / "adapter_config.json").is_file():
-            raise ModelLoadError(f"{path} is not a PEFT adapter folder (no adapter_config.json).")
-        self.adapter = str(p)
+        """Use a PEFT (LoRA) adapter from `path` on top of the base, without reloading it.
+
+        This engine's setting: for a request of its own, make an engine with ``adapter=``
+        rather than attaching to an engine other sessions use."""
+        self.adapter = _adapter_folder(path)
         self._sync_now()
 
     def detach_adapter(self) -> None:
@@ -471,40 +483,58 @@ class TransformersEngine(LLMEngine):
                                          GenerationSettings(**{**settings.__dict__,
                                                                "max_new_tokens": max_new}),
                                          stop_event)
-            detok = Detokenizer(llm.tokenizer)
-            full, shown = "", 0
-            t_first = None
-            finish = "length"
-            for tok in tokens:
-                if t_first is None:
-                    t_first = time.perf_counter()
-                stats.new_tokens += 1
-                if tok in llm.eos_ids:
-                    finish = "stop"
-                    break
-                full += detok.push(tok)
-                visible = visible_text(full, style)
-                if len(visible) > shown:
-                    yield ChatEvent("text", text=visible[shown:])
-                    shown = len(visible)
-            if stop_event is not None and stop_event.is_set():
-                stats.stopped, finish = True, "cancelled"
-            t_end = time.perf_counter()
-            text = detok.text()
-            content, calls = parse_tool_calls(text, style) if style else (text, [])
-            if calls:
-                finish = "tool_calls"
-            elif len(content) > shown and not stats.stopped:
-                yield ChatEvent("text", text=content[shown:])  # held-back text that was no call
-            stats.finish_reason = finish
-            stats.total_s = t_end - t0
-            stats.ttft_s = (t_first or t_end) - t0
-            if stats.new_tokens > 1 and t_first is not None:
-                stats.decode_tokens_per_s = (stats.new_tokens - 1) / max(t_end - t_first, 1e-9)
-            if cuda:
-                stats.peak_vram = torch.cuda.max_memory_allocated()
-            self.last_stats = stats
-            yield ChatEvent("turn", text=content, tool_calls=calls, stats=stats)
+            self.last_stats = stats  # filled in by turn_events as the turn goes
+            yield from turn_events(llm, tokens, stats, t0, stop_event, style)
+
+
+def turn_events(llm: LoadedLLM, tokens: Iterator[int], stats: TurnStats, t0: float,
+                stop_event: threading.Event | None, style: str | None = None
+                ) -> Iterator[ChatEvent]:
+    """Generated ids -> ``text`` deltas (whole characters, tool-call markup held back), then the
+    ``turn`` event with the full text, tool calls and `stats` filled in (TTFT from `t0`,
+    decode tokens/s, peak VRAM). Shared by the chat engine and the VLM tab's engine."""
+    detok = Detokenizer(llm.tokenizer)
+    full, shown = "", 0
+    t_first = None
+    finish = "length"
+    for tok in tokens:
+        if t_first is None:
+            t_first = time.perf_counter()
+        stats.new_tokens += 1
+        if tok in llm.eos_ids:
+            finish = "stop"
+            break
+        full += detok.push(tok)
+        visible = visible_text(full, style)
+        if len(visible) > shown:
+            yield ChatEvent("text", text=visible[shown:])
+            shown = len(visible)
+    if stop_event is not None and stop_event.is_set():
+        stats.stopped, finish = True, "cancelled"
+    t_end = time.perf_counter()
+    text = detok.text()
+    content, calls = parse_tool_calls(text, style) if style else (text, [])
+    if calls:
+        finish = "tool_calls"
+    elif len(content) > shown and not stats.stopped:
+        yield ChatEvent("text", text=content[shown:])  # held-back text that was no call
+    stats.finish_reason = finish
+    stats.total_s = t_end - t0
+    stats.ttft_s = (t_first or t_end) - t0
+    if stats.new_tokens > 1 and t_first is not None:
+        stats.decode_tokens_per_s = (stats.new_tokens - 1) / max(t_end - t_first, 1e-9)
+    if llm.device == "cuda":
+        import torch
+
+        stats.peak_vram = torch.cuda.max_memory_allocated()
+    yield ChatEvent("turn", text=content, tool_calls=calls, stats=stats)
+
+
+def _adapter_folder(path: str) -> str:
+    p = Path(path).expanduser()
+    if not (p / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{path} is not a PEFT adapter folder (no adapter_config.json).")
+    return str(p)
 
 
 def _estimate_bytes(src: ModelSource) -> int:

@@ -2,7 +2,7 @@
 
 Lets other programs (editors, agents, `OpenAIEngine`) use the studio's fast local engine:
 
-    python -m studio.llm.server --model /path/to/model-or.gguf --port 8000
+    python -m studio.llm.server --model /path/to/model-or.gguf --port 8000 [--api-key KEY]
 
 Streaming (SSE) and tools follow the OpenAI wire format: tool calls come back as ``tool_calls``
 with ``finish_reason: "tool_calls"``; the client runs them. A client that disconnects stops the
@@ -69,9 +69,26 @@ def _wire_calls(calls) -> list[dict[str, Any]]:
             for i, c in enumerate(calls)]
 
 
-def create_app(engine: LLMEngine, model_name: str):
-    """A FastAPI app serving `engine` under the name `model_name`."""
-    app = FastAPI(title="OneGPU Studio OpenAI-compatible server")
+def create_app(engine: LLMEngine, model_name: str, api_key: str | None = None):
+    """A FastAPI app serving `engine` under the name `model_name`. With `api_key`, every
+    request must carry ``Authorization: Bearer <key>`` (as OpenAI clients send it) and no
+    route describes the API to anyone without it."""
+    locked = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}
+    app = FastAPI(title="OneGPU Studio OpenAI-compatible server", **locked)
+
+    if api_key:
+        import hmac
+
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def require_key(request: Request, call_next):
+            got = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(got, expected):
+                return JSONResponse({"error": {"message": "missing or wrong API key (send "
+                                                          "Authorization: Bearer <key>)",
+                                               "type": "invalid_api_key"}}, status_code=401)
+            return await call_next(request)
 
     def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
@@ -213,13 +230,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--context", type=int, default=8192)
     p.add_argument("--home", default="studio_home")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $STUDIO_API_KEY; one is "
+                   "generated and printed when --host is reachable from other machines)")
     a = p.parse_args(argv)
+    import os
+    import secrets
     from pathlib import Path
+
+    from studio.security import is_loopback
+
+    api_key = a.api_key or os.environ.get("STUDIO_API_KEY") or None
+    if api_key is None and not is_loopback(a.host):
+        api_key = secrets.token_urlsafe(24)
+        print(f"--host {a.host} is reachable from other machines and no --api-key was given, "
+              f"so one was generated:\n  {api_key}", flush=True)
 
     studio = build_studio(Settings(home=Path(a.home)), start_jobs=False)
     engine = TransformersEngine(studio, ModelSource(a.model, a.quantization),
                                 max_context=a.context)
-    uvicorn.run(create_app(engine, a.name or Path(a.model).name), host=a.host, port=a.port)
+    uvicorn.run(create_app(engine, a.name or Path(a.model).name, api_key=api_key), host=a.host,
+                port=a.port)
 
 
 if __name__ == "__main__":

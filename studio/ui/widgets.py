@@ -26,6 +26,7 @@ class JobPanel:
     files: gr.File
     cancel: gr.Button
     resume: gr.Button
+    refresh: Any = None  # (run_id, seen) -> outputs + [seen]; gr.skip() when nothing changed
 
     def select(self, run_id: str, studio: Any = None) -> Any:
         """The update a tab's Start handler returns for `run_picker` after submitting a run."""
@@ -70,8 +71,18 @@ def job_panel(studio: Any, kind: str, plot_keys: tuple[str, ...] = ("train_loss"
                 [a["path"] for a in v.artifacts if a["kind"] != "checkpoint"] or None)
 
     outputs = [status, progress, plot, log, files]
-    timer.tick(refresh, inputs=[picker], outputs=outputs, api_visibility="private",
-               show_progress="hidden", queue=False)
+    seen = gr.State(None)
+
+    def refresh_if_changed(run_id: str | None, last: Any):
+        """The timer's refresh: nothing is sent while the run's files are unchanged (five
+        panels re-sent everything every second)."""
+        key = studio.jobs.fingerprint(run_id) if run_id else None
+        if key is not None and key == last:
+            return (*[gr.skip()] * len(outputs), last)
+        return (*refresh(run_id), key)
+
+    timer.tick(refresh_if_changed, inputs=[picker, seen], outputs=[*outputs, seen],
+               api_visibility="private", show_progress="hidden", queue=False)
     picker.change(refresh, inputs=[picker], outputs=outputs, api_name=f"{kind}_job_view")
     picker.focus(lambda: gr.update(choices=choices()), outputs=[picker],
                  api_visibility="private", queue=False)
@@ -96,4 +107,5 @@ def job_panel(studio: Any, kind: str, plot_keys: tuple[str, ...] = ("train_loss"
     cancel.click(do_cancel, inputs=[picker], outputs=outputs, api_name=f"{kind}_cancel")
     resume.click(do_resume, inputs=[picker], outputs=outputs, api_name=f"{kind}_resume")
     return JobPanel(kind=kind, run_picker=picker, status=status, progress=progress, plot=plot,
-                    log=log, files=files, cancel=cancel, resume=resume)
+                    log=log, files=files, cancel=cancel, resume=resume,
+                    refresh=refresh_if_changed)

@@ -1,5 +1,5 @@
 """Chat tab logic (no Gradio): which engine a request uses, the streamed reply as chatbot
-messages, Stop per browser session, and two small demo tools."""
+messages (Stop: a flag from `studio.stops`, per browser session), and two small demo tools."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from studio import hub
 from studio.config import format_bytes
 from studio.llm import GenerationSettings, LLMEngine, ModelSource, OpenAIEngine, TurnStats
 from studio.llm.engine import TransformersEngine
@@ -38,18 +39,20 @@ class ChatConfig:
 def engine_for(studio: Any, cfg: ChatConfig) -> LLMEngine:
     """The engine a config asks for; local engines share the model manager's one copy."""
     if cfg.source == PROFILE:
-        return LLMEngine.from_choice(studio, studio.choices["chat"])
+        # a hub model not on disk says so (Models tab) instead of downloading inside the request
+        return LLMEngine.from_choice(studio, hub.on_disk_choice(studio, studio.choices["chat"]))
     if cfg.source == PATH:
         if not cfg.path.strip():
             raise ValueError("Enter a hub id, a model folder or a .gguf file.")
         adapter = adapter_base(cfg.path.strip())
         if adapter is not None:  # a LoRA adapter folder (e.g. a QLoRA run's): base + adapter
             base, gguf = adapter
-            engine = TransformersEngine(studio, ModelSource(base, cfg.quantization,
-                                                            gguf_file=gguf or None))
-            engine.attach_adapter(cfg.path.strip())
-            return engine
-        return TransformersEngine(studio, ModelSource(cfg.path.strip(), cfg.quantization))
+            return TransformersEngine(studio, ModelSource(hub.require_local(studio, base),
+                                                          cfg.quantization,
+                                                          gguf_file=gguf or None),
+                                      adapter=cfg.path.strip())
+        return TransformersEngine(studio, ModelSource(hub.require_local(studio, cfg.path.strip()),
+                                                      cfg.quantization))
     if cfg.source == SERVER:
         return OpenAIEngine(cfg.server_url, cfg.server_model, cfg.api_key or None)
     raise ValueError(f"unknown model source {cfg.source!r}")
@@ -93,32 +96,6 @@ def preload(studio: Any, engine: LLMEngine) -> str:
             else "static-cache decode" if llm.decoder is not None else "generate()"
         return (f"Loaded **{engine.name}** ({llm.quantization}, {format_bytes(size)} measured, "
                 f"{llm.max_context}-token context, {path}).")
-
-
-# ----- Stop, per browser session -------------------------------------------------------------
-class StopFlags:
-    """One threading.Event per session: the Stop button sets it, the engine checks it."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def fresh(self, session: str) -> threading.Event:
-        with self._lock:
-            ev = self._events[session] = threading.Event()
-            return ev
-
-    def stop(self, session: str) -> bool:
-        with self._lock:
-            ev = self._events.get(session)
-        if ev is None:
-            return False
-        ev.set()
-        return True
-
-
-def stop_flags(studio: Any) -> StopFlags:
-    return studio.extras.setdefault("chat_stop_flags", StopFlags())
 
 
 # ----- demo tools ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import gradio as gr
 
 from studio.llm import GenerationSettings, LLMError, NoToolTemplate
 from studio.models import BudgetExceeded
+from studio.sessions import session_of
 from tabs.chat import service
 from tabs.chat.service import PATH, PROFILE, QUANTIZATIONS, SERVER, ChatConfig
 
@@ -32,7 +33,7 @@ def _config(source, path, quantization, server_url, server_model, api_key, syste
 
 
 def build_ui(studio: Any) -> None:
-    flags = service.stop_flags(studio)
+    stops = studio.stops
     gr.Markdown("Chat with the studio's local model (4-bit on a GPU, streamed), a model folder "
                 "or `.gguf` file of your own, or any OpenAI-compatible server (Ollama, "
                 "llama.cpp, vLLM).")
@@ -85,26 +86,25 @@ def build_ui(studio: Any) -> None:
     source.change(show_source, inputs=[source], outputs=[path_box, server_box],
                   api_visibility="private")
 
-    def do_send(msg: str, history: list[dict] | None, *values: Any,
-                request: gr.Request = None):
+    # `request` comes first: Gradio fills a gr.Request parameter only before `*values`
+    def do_send(request: gr.Request, msg: str, history: list[dict] | None, *values: Any):
         cfg = _config(*values)
-        session = getattr(request, "session_hash", None) or "api"
-        stop_event = flags.fresh(session)
-        try:
-            for shown, line in service.stream_reply(studio, cfg, history or [], msg or "",
-                                                    stop_event):
-                yield shown, line, ""
-        except _FAILURES as e:
-            raise gr.Error(str(e)) from None
+        with stops.running("chat", session_of(request)) as stop_event:
+            try:
+                for shown, line in service.stream_reply(studio, cfg, history or [], msg or "",
+                                                        stop_event):
+                    yield shown, line, ""
+            except _FAILURES as e:
+                raise gr.Error(str(e)) from None
 
     send_args = dict(fn=do_send, inputs=[message, chatbot, *config_inputs],
                      outputs=[chatbot, stats, message], concurrency_id="gpu")
     send.click(**send_args, api_name="chat_send")
     message.submit(**send_args, api_visibility="private")
 
-    def do_stop(request: gr.Request = None) -> str:
-        session = getattr(request, "session_hash", None) or "api"
-        return "Stopping…" if flags.stop(session) else "Nothing is generating."
+    def do_stop(request: gr.Request) -> str:
+        stopped = stops.stop("chat", session_of(request))
+        return "Stopping…" if stopped else "Nothing is generating."
 
     stop.click(do_stop, outputs=[load_md], api_name="chat_stop", queue=False)
     clear.click(lambda: ([], ""), outputs=[chatbot, stats], api_visibility="private")

@@ -6,16 +6,19 @@ help live in the field metadata so the form and the config cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from studio.jobconfig import JobConfig
 from studio.jobconfig import setting as _f
+from studio.safety import check_model_source
 
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")
 QUANTIZATIONS = ("nf4", "none")  # none = plain LoRA (what CPU runs use anyway)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FUSED = ("auto", "off")
 OFFLOAD = ("auto", "on", "off")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,99}")
 
 
 
@@ -28,18 +31,21 @@ class QLoRAConfig(JobConfig):
 
     # base model and data
     base_model: str = _f("", "Base model", "hub id, local model folder, or a .gguf file "
-                         "(GGUF bases are dequantized by transformers)")
-    gguf_file: str = _f("", "GGUF file in that folder", "only for a folder holding .gguf files")
+                         "(GGUF bases are dequantized by transformers)", max_chars=1024)
+    gguf_file: str = _f("", "GGUF file in that folder", "only for a folder holding .gguf files",
+                        max_chars=1024)
     train_file: str = _f("", "Training data", "JSONL, JSON or CSV: alpaca, messages, ShareGPT "
-                         "or prompt/completion")
-    eval_file: str = _f("", "Separate eval file", "empty: split the training file")
+                         "or prompt/completion", max_chars=1024)
+    eval_file: str = _f("", "Separate eval file", "empty: split the training file",
+                        max_chars=1024)
     eval_fraction: float = _f(0.1, "Eval share", "held out of the training file when there is "
                               "no eval file")
     skip_bad_records: bool = _f(False, "Skip malformed records", "off: any malformed record "
                                 "stops the run so you can fix the file")
     train_on_prompt: bool = _f(False, "Loss on prompt tokens too", "off: loss only on the "
                                "answer tokens")
-    max_seq_length: int = _f(2048, "Max sequence length (tokens)", "longer examples are cut")
+    max_seq_length: int = _f(2048, "Max sequence length (tokens)", "longer examples are cut",
+                             minimum=16, maximum=131072)
     packing: bool = _f(False, "Packing", "padding-free: several examples per row, no pad "
                        "tokens (each keeps its own positions)")
     # quantization and LoRA
@@ -47,31 +53,34 @@ class QLoRAConfig(JobConfig):
                            "always trains plain LoRA", choices=QUANTIZATIONS)
     precision: str = _f("auto", "Compute precision", "auto: bf16 where the card has it, else "
                         "fp16; fp32 on CPU", choices=PRECISIONS)
-    lora_r: int = _f(16, "LoRA rank")
-    lora_alpha: int = _f(32, "LoRA alpha")
-    lora_dropout: float = _f(0.05, "LoRA dropout")
+    lora_r: int = _f(16, "LoRA rank", minimum=1, maximum=1024)
+    lora_alpha: int = _f(32, "LoRA alpha", minimum=1, maximum=8192)
+    lora_dropout: float = _f(0.05, "LoRA dropout", minimum=0, maximum=0.9)
     target_modules: str = _f("all-linear", "Target modules", "'all-linear' or a comma list, "
-                             "e.g. q_proj,v_proj")
+                             "e.g. q_proj,v_proj", max_chars=1000)
     gradient_checkpointing: bool = _f(True, "Gradient checkpointing", "recompute activations: "
                                       "much less memory, ~30% slower")
     # optimisation
-    micro_batch_size: int = _f(1, "Micro-batch")
-    grad_accumulation: int = _f(8, "Gradient accumulation")
-    learning_rate: float = _f(2e-4, "Learning rate")
+    micro_batch_size: int = _f(1, "Micro-batch", minimum=1, maximum=1024)
+    grad_accumulation: int = _f(8, "Gradient accumulation", minimum=1, maximum=4096)
+    learning_rate: float = _f(2e-4, "Learning rate", minimum=1e-9, maximum=1.0)
     schedule: str = _f("cosine", "Schedule", choices=SCHEDULES)
-    warmup_steps: int = _f(10, "Warmup steps")
-    epochs: float = _f(1.0, "Epochs", "used when max steps is 0")
-    max_steps: int = _f(0, "Max steps", "0: run the epochs")
+    warmup_steps: int = _f(10, "Warmup steps", minimum=0, maximum=1_000_000)
+    epochs: float = _f(1.0, "Epochs", "used when max steps is 0", minimum=0, maximum=1000)
+    max_steps: int = _f(0, "Max steps", "0: run the epochs", minimum=0, maximum=10_000_000)
     optimizer: str = _f("auto", "Optimizer", "auto: fused AdamW on CUDA (paged 8-bit AdamW when "
                         "activations are offloaded, i.e. memory is tight), AdamW on CPU; or any "
-                        "transformers optim name, e.g. paged_adamw_8bit")
-    seed: int = _f(42, "Seed")
+                        "transformers optim name, e.g. paged_adamw_8bit", max_chars=64)
+    seed: int = _f(42, "Seed", minimum=0, maximum=2**32 - 1)
     # reporting
-    logging_steps: int = _f(1, "Log every N steps")
-    eval_steps: int = _f(50, "Evaluate every N steps", "0: only at the end")
-    save_steps: int = _f(50, "Checkpoint every N steps", "also on cancel and at the end")
-    sample_prompts: int = _f(3, "Eval prompts for base vs adapter samples")
-    sample_tokens: int = _f(64, "Sample length (tokens)")
+    logging_steps: int = _f(1, "Log every N steps", minimum=1, maximum=1_000_000)
+    eval_steps: int = _f(50, "Evaluate every N steps", "0: only at the end", minimum=0,
+                         maximum=1_000_000)
+    save_steps: int = _f(50, "Checkpoint every N steps", "also on cancel and at the end",
+                         minimum=0, maximum=1_000_000)
+    sample_prompts: int = _f(3, "Eval prompts for base vs adapter samples", minimum=0,
+                             maximum=50)
+    sample_tokens: int = _f(64, "Sample length (tokens)", minimum=1, maximum=4096)
     tensorboard: bool = _f(False, "Log to TensorBoard", "writes run_dir/tensorboard")
     wandb: bool = _f(False, "Log to Weights & Biases", "only when wandb is installed and "
                      "logged in")
@@ -102,7 +111,14 @@ class QLoRAConfig(JobConfig):
         """Plain-language ValueError for settings that cannot work."""
         if not self.base_model.strip():
             raise ValueError("choose a base model (hub id, folder or .gguf file)")
-        self.check_choices()
+        check_model_source(self.base_model, label="Base model")  # pickles that run code: no
+        targets = self.target_list()
+        if targets != "all-linear" and not all(_MODULE.fullmatch(t) for t in targets):
+            raise ValueError("target modules must be 'all-linear' or module names separated by "
+                             f"commas, e.g. q_proj,v_proj; got {self.target_modules[:80]!r}")
+        if self.optimizer != "auto" and not _MODULE.fullmatch(self.optimizer):
+            raise ValueError(f"optimizer must be auto or a transformers optim name such as "
+                             f"adamw_torch; got {self.optimizer[:80]!r}")
         for name in ("lora_r", "lora_alpha", "micro_batch_size", "grad_accumulation",
                      "logging_steps"):
             if int(getattr(self, name)) < 1:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.safety import check_lines
+
 SHAPES = ("alpaca", "messages", "sharegpt", "prompt_completion")
 SHAPE_TITLES = {"alpaca": "alpaca (instruction / input / output)",
                 "messages": "chat messages (role / content)",
@@ -27,6 +29,8 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
                    "model": "assistant", "system": "system", "chatgpt": "assistant"}
 _ROLES = ("system", "user", "assistant")
 IGNORE = -100  # label value the loss skips
+MAX_FILE_BYTES = 1 << 30  # a data file we read whole
+MAX_RECORD_BYTES = 4 << 20  # one JSONL/CSV line: far past any max sequence length
 
 
 class DatasetError(ValueError):
@@ -77,7 +81,14 @@ def read_raw(path: Path) -> list[tuple[int, Any, str | None]]:
     if not path.is_file():
         raise DatasetError(f"no such file: {path}")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8-sig")
+    # Caps before anything is parsed: a 30 MB single-line file must not take minutes and GBs.
+    check_lines(path, label="Training data", max_bytes=MAX_FILE_BYTES,
+                max_line=MAX_FILE_BYTES if suffix == ".json" else MAX_RECORD_BYTES)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path.name} is not UTF-8 text (byte {e.start}); save it as UTF-8 "
+                           "and upload it again") from None
     if suffix == ".csv":
         return _read_csv(text)
     if suffix == ".json" or text.lstrip().startswith("["):
@@ -94,6 +105,8 @@ def _read_jsonl(text: str) -> list[tuple[int, Any, str | None]]:
             out.append((i, json.loads(line), None))
         except json.JSONDecodeError as e:
             out.append((i, None, f"bad JSON ({e.msg} at column {e.colno})"))
+        except RecursionError:
+            out.append((i, None, "nested too deeply to be a record"))
     return out
 
 
@@ -106,6 +119,8 @@ def _read_json_array(text: str) -> list[tuple[int, Any, str | None]]:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             return [(e.lineno, None, f"bad JSON ({e.msg} at column {e.colno})")]
+        except RecursionError:
+            return [(1, None, "nested too deeply to be a record")]
         return [(1, obj, None)] if isinstance(obj, dict) else \
             [(1, None, "a JSON file must hold an array of records")]
     out: list[tuple[int, Any, str | None]] = []
@@ -114,6 +129,10 @@ def _read_json_array(text: str) -> list[tuple[int, Any, str | None]]:
         line = text.count("\n", 0, pos) + 1
         try:
             obj, pos = dec.raw_decode(text, pos)
+        except RecursionError:
+            out.append((line, None, "nested too deeply to be a record; the rest of the file "
+                        "cannot be read"))
+            return out
         except json.JSONDecodeError as e:
             out.append((e.lineno, None, f"bad JSON ({e.msg} at column {e.colno}); the rest of "
                         "the file cannot be read"))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studio.safety import check_model_source, stage_upload
 from tabs.qlora import dataset as data
 from tabs.qlora.config import QLoRAConfig
 from tabs.qlora.estimate import Estimate, estimate_for_config, load_arch, resolve_offload
@@ -71,6 +72,7 @@ class Validation:
 
 def validate(path: str, source: str, gguf_file: str, max_seq_length: int) -> Validation:
     """Read and check a data file against the base's tokenizer and chat template."""
+    check_model_source(source, label="Base model")
     ds = data.load_records(path)
     tok = load_tokenizer(source, gguf_file)
     lengths = data.token_lengths(tok, ds.conversations)
@@ -90,6 +92,9 @@ def submit(studio: Any, cfg: QLoRAConfig) -> str:
     from studio.jobs import hash_files
 
     cfg.validate()
+    from studio.hub import require_local  # a hub base not on disk: the Models tab, not the job
+
+    require_local(studio, cfg.base_model, "The base model")
     files = [Path(cfg.train_file)] + ([Path(cfg.eval_file)] if cfg.eval_file else [])
     for f in files:
         data.require_clean(data.load_records(f), cfg.skip_bad_records)
@@ -167,20 +172,16 @@ def merge(cfg: QLoRAConfig, adapter_dir: Path, out: Path) -> Path:
 
 
 def chat_engine(studio: Any, run_id: str) -> Any:
-    """The shared engine for the run's base with its adapter attached (one engine per base,
-    kept in studio.extras; the base is loaded once by the model manager)."""
+    """An engine of this request's own for the run's base + adapter. The base is loaded once
+    by the model manager (one key for every run of that base); the engine switches the loaded
+    model to its adapter under the model's lock for each reply, so two sessions chatting with
+    different runs each get their own adapter's answer."""
     from studio.llm import ModelSource, TransformersEngine
 
     run_dir, cfg = run_paths(studio, run_id)
-    engines = studio.extras.setdefault("qlora_engines", {})
-    key = (cfg.base_model, cfg.gguf_file)
-    if key not in engines:
-        src = ModelSource(cfg.base_model, quantization="auto", gguf_file=cfg.gguf_file or None,
-                          title=f"{Path(cfg.base_model).name} (QLoRA base)")
-        engines[key] = TransformersEngine(studio, src, fast=False)
-    engine = engines[key]
-    engine.attach_adapter(str(run_dir / "adapter"))
-    return engine
+    src = ModelSource(cfg.base_model, quantization="auto", gguf_file=cfg.gguf_file or None,
+                      title=f"{Path(cfg.base_model).name} (QLoRA base)")
+    return TransformersEngine(studio, src, fast=False, adapter=str(run_dir / "adapter"))
 
 
 def chat(studio: Any, run_id: str, history: list[dict], message: str,
@@ -202,11 +203,9 @@ def store_upload(studio: Any, path: str | None) -> str:
     if not path:
         return ""
     src = Path(path)
-    if not src.is_file():
-        raise ValueError(f"no such file: {path}")
-    dest_dir = studio.settings.uploads_dir / "qlora"
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / src.name
-    if src.resolve() != dest.resolve():
-        shutil.copyfile(src, dest)
-    return str(dest)
+    root = Path(studio.settings.uploads_dir) / "qlora"
+    if src.resolve().is_relative_to(root.resolve()) and src.is_file():
+        return str(src)  # already staged (a script passing back a path we gave it)
+    # Named by content: a second file called train.jsonl never replaces the first one, so a
+    # queued or resumed run keeps the data its dataset hash describes.
+    return str(stage_upload(src, root, label="Training data"))

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from studio.safety import freeze_input
 from tabs.qlora import dataset as data
 from tabs.qlora.config import QLoRAConfig
 
@@ -369,6 +370,11 @@ def run(config: dict[str, Any], report: Any) -> None:
 
     cfg = QLoRAConfig.from_dict(config)
     run_dir = Path(report.run_dir)
+    # The run trains on its own copy (made on the first attempt, reused on resume): a later
+    # upload or edit elsewhere cannot change what this run's dataset hash describes.
+    cfg.train_file = str(freeze_input(cfg.train_file, run_dir, label="Training data"))
+    if cfg.eval_file:
+        cfg.eval_file = str(freeze_input(cfg.eval_file, run_dir, label="Separate eval file"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     four_bit = device == "cuda" and cfg.quantization == "nf4"
     if device == "cpu":

@@ -121,10 +121,9 @@ def build_ui(studio: Any) -> None:
             raw["train_file"] = service.store_upload(studio, raw["train_file"])
             raw["eval_file"] = service.store_upload(studio, raw["eval_file"])
             for k, v in raw.items():
-                if k in INTS:
-                    raw[k] = int(v)
-                elif k in ("eval_fraction", "lora_dropout", "learning_rate", "epochs"):
-                    raw[k] = float(v)
+                if k in INTS or k in ("eval_fraction", "lora_dropout", "learning_rate",
+                                      "epochs"):
+                    raw[k] = QLoRAConfig.coerce(k, v)  # a bad number names its field
                 elif isinstance(v, str):
                     raw[k] = v.strip()
             cfg = QLoRAConfig(**raw)
@@ -137,7 +136,8 @@ def build_ui(studio: Any) -> None:
         if not train_file:
             raise gr.Error("Upload a training file first.")
         try:
-            v = service.validate(train_file, base, gguf, int(max_len))
+            v = service.validate(train_file, base, gguf,
+                                 QLoRAConfig.coerce("max_seq_length", max_len))
         except (DatasetError, ValueError, LLMError) as e:
             raise gr.Error(str(e)) from None
         return v.markdown(), v.preview, v.histogram

@@ -134,13 +134,11 @@ def _register(studio: Any, kind: str, source: str, loader: Any, title: str,
     from studio.models import ModelSpec, PinnedSwap
 
     key = _key(kind, source)
-    if not studio.models.is_registered(key):
-        studio.models.register(ModelSpec(
-            key=key, load=lambda device: loader(source, device),
-            title=title or f"{kind} {Path(source).name}", estimate=_estimate(source),
-            reserve=cuda_reserve if studio.probe.device == "cuda" else 0,
-            **PinnedSwap().spec_kwargs()))  # warm tier: pinned CPU copy
-    return key
+    return studio.models.ensure(key, lambda: ModelSpec(
+        key=key, load=lambda device: loader(source, device),
+        title=title or f"{kind} {Path(source).name}", estimate=_estimate(source),
+        reserve=cuda_reserve if studio.probe.device == "cuda" else 0,
+        **PinnedSwap().spec_kwargs()))  # warm tier: pinned CPU copy
 
 
 def encode(model: Any, texts: list[str], batch_size: int = EMBED_BATCH) -> np.ndarray:

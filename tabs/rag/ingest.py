@@ -152,7 +152,10 @@ def embed_prepared(prep: Prepared, encode: Callable[[list[str]], np.ndarray],
 
 
 def apply(kb: KnowledgeBase, prep: Prepared, vectors: list[np.ndarray]) -> IngestResult:
-    """Write prepared documents (those with vectors), skips and removals to the knowledge base."""
+    """Write prepared documents (those with vectors), skips and removals to the knowledge base.
+
+    Each write of `APPLY_DOCS` documents saves the manifest, so a crash keeps the batches
+    before it; applying the same result again is harmless (ids are upserted)."""
     res = IngestResult(unchanged=list(prep.unchanged))
     with kb.batch():
         # zip stops at the last document with vectors (a cancelled job finished fewer)
@@ -161,13 +164,10 @@ def apply(kb: KnowledgeBase, prep: Prepared, vectors: list[np.ndarray]) -> Inges
         for i in range(0, len(done), APPLY_DOCS):  # a few Chroma commits, not one per file
             res.chunks += kb.put_documents(done[i:i + APPLY_DOCS])
         res.indexed = [(doc.name, len(chunks)) for doc, chunks, _ in done]
-        for s in prep.skipped:
-            res.skipped.append((s.name, s.reason))
-            if not s.name.endswith("/"):  # ignored folders are reported, not listed as sources
-                kb.record_skip(s.name, s.reason)
-        for path in prep.removed:
-            kb.delete_source(path)
-            res.removed.append(path)
+        res.skipped = [(s.name, s.reason) for s in prep.skipped]
+        # ignored folders are reported, not listed as sources
+        kb.record_skips([(s.name, s.reason) for s in prep.skipped if not s.name.endswith("/")])
+        res.removed = [r.path for r in kb.delete_sources(prep.removed)]
     return res
 
 

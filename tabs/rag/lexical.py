@@ -37,16 +37,18 @@ def _tokenizer():
 
 
 class Bm25Index:
-    """BM25 over (id, text) pairs. Rebuilt when the knowledge base changes (its version)."""
+    """BM25 over (id, text) pairs. Rebuilt when the knowledge base changes (`version` is its
+    state key)."""
 
-    def __init__(self, ids: list[str], retriever=None, tokenizer=None, version: int = -1):
+    def __init__(self, ids: list[str], retriever=None, tokenizer=None,
+                 version: int | str = -1):
         self.ids = ids
         self.retriever = retriever
         self.tokenizer = tokenizer
         self.version = version
 
     @classmethod
-    def build(cls, ids: list[str], texts: list[str], version: int = -1) -> Bm25Index:
+    def build(cls, ids: list[str], texts: list[str], version: int | str = -1) -> Bm25Index:
         import bm25s
 
         if not ids:

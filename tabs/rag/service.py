@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from studio.jobs import FINAL
+from studio.safety import check_model_source, stage_uploads
 from tabs.rag import ingest as ingest_mod
 from tabs.rag.answer import Answer, AnswerEvent, answer_stream
 from tabs.rag.config import KIND, AnswerConfig, IngestLimits, RetrievalConfig, check_kb_name
@@ -42,7 +43,7 @@ from tabs.rag.evaluation import (
     qa_jsonl,
     save_run,
 )
-from tabs.rag.index import KnowledgeBase, SourceRecord, list_kbs, open_client
+from tabs.rag.index import CheckReport, KnowledgeBase, SourceRecord, list_kbs, open_client
 from tabs.rag.ingest import IngestResult
 from tabs.rag.loaders import resolve_folder
 from tabs.rag.retrieval import SearchResult, search
@@ -65,7 +66,9 @@ class RagService:
         self.limits = limits or IngestLimits()
         self._client: Any = None
         self._kbs: dict[str, KnowledgeBase] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the dict of knowledge bases only; each has its own
+        self._applying: set[str] = set()  # runs whose result a thread is storing now
+        self._wake = threading.Event()
         rr = studio.choices.get("reranker")
         self.reranker_source: str | None = rr.source if rr else None
         self.reranker_note = (rr.note if rr and rr.note else
@@ -74,6 +77,16 @@ class RagService:
         # CPU threads for a query and for batch embedding (see embedders.query_threads)
         self.query_threads = query_threads()
         self.batch_threads = batch_threads()
+        # Finished ingest jobs are stored by this thread, woken by the job manager, never inside
+        # a request (a 20k-file result took minutes and held up every knowledge base).
+        jobs = getattr(studio, "jobs", None)
+        if jobs is not None and hasattr(jobs, "add_listener"):
+            jobs.add_listener(lambda run_id, status: self._wake.set()
+                              if f"-{KIND}-" in run_id else None)
+            self._applier = threading.Thread(target=self._apply_loop, name="rag-apply",
+                                             daemon=True)
+            self._applier.start()
+            self._wake.set()  # results that finished while the studio was down
 
     # ----- knowledge bases ----------------------------------------------------------------------
     @property
@@ -116,8 +129,13 @@ class RagService:
                 if name not in self.list_kbs():
                     raise ValueError(f"no knowledge base named {name!r}; create it first")
                 kb = self._kbs[name] = KnowledgeBase(name, self.root, self.client, embedder="")
-        self.sync_jobs(name)
         return kb
+
+    def check(self, kb_name: str, repair: bool = True) -> CheckReport:
+        """"Check and repair": make the vector store and the lexical index agree with the
+        sources table (orphan chunks removed, sources with missing chunks marked to ingest
+        again)."""
+        return self.kb(kb_name).check(repair=repair)
 
     def delete_kb(self, name: str) -> None:
         kb = self.kb(name)
@@ -151,6 +169,8 @@ class RagService:
         if source and source.startswith(("/", ".", "~")) and not Path(source).expanduser() \
                 .is_dir():
             raise ValueError(f"no such reranker folder: {source}")
+        if source:  # a model folder (no pickle that runs code), or a hub id; not /etc
+            check_model_source(source, label="Reranker", folders=True, need=("config.json",))
         self.reranker_source = str(Path(source).expanduser()) if source and \
             source.startswith(("/", ".", "~")) else source
 
@@ -181,7 +201,11 @@ class RagService:
         """Index uploaded files/zips and/or a folder under the studio home. Big inputs (or
         background=True) go to a job; the result then says which run to watch."""
         kb = self.create_kb(kb_name) if kb_name not in self.list_kbs() else self.kb(kb_name)
-        paths = [str(p) for p in (paths or []) if p]
+        # Staged by content with distinct names: two notes.md from different folders are both
+        # indexed (notes.md and notes-<hash>.md), the same file twice once.
+        paths = [str(p) for p in stage_uploads([p for p in (paths or []) if p],
+                                               Path(self.settings.uploads_dir) / "rag" / "staged",
+                                               label="Upload")]
         root = resolve_folder(folder, self.settings.home) if folder and folder.strip() else None
         if not paths and root is None:
             raise ValueError("add files, a zip, or a folder to ingest")
@@ -250,37 +274,63 @@ class RagService:
                                        title=f"RAG ingest {what} → {kb.name}",
                                        vram_bytes=512 * 1024**2 if cuda else 0)
 
-    def sync_jobs(self, kb_name: str | None = None) -> list[IngestResult]:
-        """Store the results of finished ingest jobs (once each). Cheap when there are none."""
-        applied = []
-        runs_dir = Path(self.settings.runs_dir)
-        for d in sorted(runs_dir.glob(f"*-{KIND}-*")):
-            out = d / "ingest"
-            if not (out / "done.json").exists() or (out / "applied.json").exists():
+    def _apply_loop(self) -> None:
+        while not self.studio.jobs.stopped:
+            self._wake.wait(timeout=5.0)
+            self._wake.clear()
+            try:
+                self.sync_jobs()
+            except Exception:  # the loop must outlive one bad run folder
+                import logging
+
+                logging.getLogger("studio.rag").exception("storing an ingest result failed")
+
+    def pending_jobs(self, kb_name: str | None = None) -> list[str]:
+        """Finished ingest runs whose result is not stored yet."""
+        out = []
+        for d in sorted(Path(self.settings.runs_dir).glob(f"*-{KIND}-*")):
+            out_dir = d / "ingest"
+            if not (out_dir / "done.json").exists() or (out_dir / "applied.json").exists():
                 continue
             try:
                 meta = json.loads((d / "run.json").read_text())
                 config = json.loads((d / "config.json").read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            if meta.get("status") not in FINAL or (kb_name and config["kb"] != kb_name):
-                continue
+            if meta.get("status") in FINAL and (not kb_name or config.get("kb") == kb_name):
+                out.append(d.name)
+        return out
+
+    def sync_jobs(self, kb_name: str | None = None) -> list[IngestResult]:
+        """Store the results of finished ingest jobs (once each). Runs in the service's
+        background thread; a script or test may call it to store them now. Only the knowledge
+        base being written waits (its own lock)."""
+        applied = []
+        for run_id in self.pending_jobs(kb_name):
+            d = Path(self.settings.runs_dir) / run_id
+            out = d / "ingest"
             with self._lock:
-                if (out / "applied.json").exists():
+                if run_id in self._applying:
                     continue
-                kb = self._kbs.get(config["kb"])
-                if kb is None:
-                    if config["kb"] not in self.list_kbs():
+                self._applying.add(run_id)
+            try:
+                config = json.loads((d / "config.json").read_text())
+                if config["kb"] not in self.list_kbs():
+                    continue
+                kb = self.kb(config["kb"])
+                with kb.batch():
+                    if (out / "applied.json").exists():
                         continue
-                    kb = self._kbs[config["kb"]] = KnowledgeBase(config["kb"], self.root,
-                                                                 self.client, embedder="")
-                saved = ingest_mod.load_saved(out)
-                if saved is None:
-                    continue
-                res = ingest_mod.apply(kb, *saved)
-                res.run_id = d.name
-                (out / "applied.json").write_text(json.dumps(res.as_dict()))
+                    saved = ingest_mod.load_saved(out)
+                    if saved is None:
+                        continue
+                    res = ingest_mod.apply(kb, *saved)
+                    res.run_id = run_id
+                    (out / "applied.json").write_text(json.dumps(res.as_dict()))
                 applied.append(res)
+            finally:
+                with self._lock:
+                    self._applying.discard(run_id)
         return applied
 
     # ----- sources --------------------------------------------------------------------------------

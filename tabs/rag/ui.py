@@ -2,7 +2,8 @@
 results to widgets, logic errors to `gr.Error`.
 
 Scriptable with gradio_client through ``rag_create_kb``, ``rag_ingest``, ``rag_sources``,
-``rag_delete_source``, ``rag_search``, ``rag_ask``, ``rag_set_reranker`` and ``rag_eval``.
+``rag_delete_source``, ``rag_repair``, ``rag_search``, ``rag_ask``, ``rag_set_reranker`` and
+``rag_eval``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 
 from studio.llm import LLMError
 from studio.models import BudgetExceeded
+from studio.sessions import session_of
 from studio.ui.widgets import job_panel
 from tabs.rag.answer import link_citations
 from tabs.rag.config import KIND, AnswerConfig, RetrievalConfig
@@ -100,7 +102,6 @@ def build_ui(studio: Any) -> None:
     svc = get_service(studio)
     kbs = svc.list_kbs()
     rerank_ok, rerank_note = svc.reranker_status()
-    stops: dict[str, threading.Event] = {}
 
     gr.Markdown("Ask questions about your own notes, docs and code. Answers cite the passages "
                 "they come from; when nothing relevant is found the answer says so.")
@@ -172,6 +173,7 @@ def build_ui(studio: Any) -> None:
                                                allow_custom_value=True)
                         del_btn = gr.Button("Delete source", variant="stop", scale=1)
                         refresh_btn = gr.Button("Refresh", scale=1)
+                        repair_btn = gr.Button("Check and repair", scale=1)
                     del_md = gr.Markdown()
             gr.Markdown("### Background ingests")
             panel = job_panel(studio, kind=KIND, plot_keys=("chunks_per_s",))
@@ -257,14 +259,23 @@ def build_ui(studio: Any) -> None:
         table, picker = _sources_update(svc, name)
         return f"Deleted **{rec.path}** ({rec.chunks} chunks).", table, picker
 
-    def poll_jobs(name: str | None):
-        applied = svc.sync_jobs()
-        if not applied:
-            return gr.update(), gr.update()
-        for res in applied:
-            gr.Info(f"Background ingest {res.run_id}: indexed {len(res.indexed)} file(s), "
-                    f"{res.chunks} chunks; {len(res.skipped)} skipped.")
-        return _sources_update(svc, name)
+    def poll_jobs(name: str | None, seen: Any):
+        """Finished ingests are stored by the service's own thread; this only refreshes the
+        table, and sends nothing while the knowledge base is unchanged."""
+        if not name or name not in svc.list_kbs():
+            return gr.skip(), gr.skip(), seen
+        version = svc.kb(name).version
+        if version == seen:
+            return gr.skip(), gr.skip(), seen
+        return (*_sources_update(svc, name), version)
+
+    def check_repair(name: str | None):
+        try:
+            rep = svc.check(name or "", repair=True)
+        except ValueError as e:
+            raise _err(e) from None
+        table, picker = _sources_update(svc, name)
+        return rep.summary(), table, picker
 
     def set_reranker(source: str):
         try:
@@ -291,10 +302,12 @@ def build_ui(studio: Any) -> None:
             request: gr.Request = None) -> Iterator[tuple[Any, ...]]:
         if not (q or "").strip():
             raise gr.Error("Type a question first.")
-        history = list(history or [])
-        stop = threading.Event()
-        sid = getattr(request, "session_hash", None) or "script"
-        stops[sid] = stop
+        with studio.stops.running("rag", session_of(request)) as stop:
+            yield from answer(name, q, list(history or []), k, hyb, rr, use_tools,
+                              max_tokens, temp, stop)
+
+    def answer(name, q, history, k, hyb, rr, use_tools, max_tokens, temp,
+               stop: threading.Event) -> Iterator[tuple[Any, ...]]:
         acfg = AnswerConfig(max_new_tokens=int(max_tokens), temperature=float(temp),
                             use_tools=bool(use_tools))
         try:
@@ -334,13 +347,9 @@ def build_ui(studio: Any) -> None:
                 yield chat + [reply], "", panel_value, None
         except (ValueError, BudgetExceeded, LLMError) as e:
             raise _err(e) from None
-        finally:
-            stops.pop(sid, None)
 
-    def stop_answer(request: gr.Request = None):
-        ev = stops.get(getattr(request, "session_hash", None) or "script")
-        if ev is not None:
-            ev.set()
+    def stop_answer(request: gr.Request) -> None:
+        studio.stops.stop("rag", session_of(request))  # only this session's own answer
 
     def run_eval(name: str | None, qa: str | None, n: float, k: float, with_answers: bool,
                  progress=gr.Progress()):  # noqa: B008
@@ -379,8 +388,12 @@ def build_ui(studio: Any) -> None:
     refresh_btn.click(list_sources, inputs=[kb], outputs=[sources_df], api_name="rag_sources")
     del_btn.click(delete_source, inputs=[kb, del_path], outputs=[del_md, sources_df, del_path],
                   api_name="rag_delete_source")
-    gr.Timer(3.0).tick(poll_jobs, inputs=[kb], outputs=[sources_df, del_path],
+    seen_version = gr.State(None)
+    gr.Timer(3.0).tick(poll_jobs, inputs=[kb, seen_version],
+                       outputs=[sources_df, del_path, seen_version],
                        api_visibility="private", show_progress="hidden")
+    repair_btn.click(check_repair, inputs=[kb], outputs=[del_md, sources_df, del_path],
+                     api_name="rag_repair")
     reranker_btn.click(set_reranker, inputs=[reranker_dir], outputs=[rerank],
                        api_name="rag_set_reranker")
     search_btn.click(search_only, inputs=[kb, question, top_k, hybrid, rerank],
@@ -392,7 +405,7 @@ def build_ui(studio: Any) -> None:
                   concurrency_id="gpu")
     question.submit(ask, inputs=ask_inputs, outputs=ask_outputs, api_visibility="private",
                     concurrency_id="gpu")
-    stop_btn.click(stop_answer, api_visibility="private", queue=False)
+    stop_btn.click(stop_answer, api_name="rag_stop", queue=False)
     clear_btn.click(lambda: ([], EMPTY_SOURCES, None), outputs=[chatbot, panel_html, answer_json],
                     api_visibility="private", queue=False)
     eval_btn.click(run_eval, inputs=[kb, qa_file, gen_n, eval_k, eval_answers],

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from studio.jobconfig import JobConfig
 from studio.jobconfig import setting as _f
+from studio.safety import check_model_source
 from tabs.sd.single_file import PICKLE_EXTS
 
 GiB = 1024**3
@@ -44,45 +45,54 @@ class SDTrainConfig(JobConfig):
     NAME = "SD training"
 
     base_model: str = _f("stable-diffusion-v1-5/stable-diffusion-v1-5", "Base model",
-                         "hub id, local diffusers folder, or a single .safetensors checkpoint")
-    dataset_dir: str = _f("", "Prepared dataset folder")
-    output_name: str = _f("my_lora", "LoRA name")
+                         "hub id, local diffusers folder, or a single .safetensors checkpoint",
+                         max_chars=1024)
+    dataset_dir: str = _f("", "Prepared dataset folder", max_chars=1024)
+    output_name: str = _f("my_lora", "LoRA name", "letters, digits, '.', '_' or '-'",
+                          max_chars=100)
     lora_library: str = _f("", "Folder the Generate tab lists LoRAs from")
     class_cache: str = _f("", "Folder where generated class images are cached")
-    resolution: int = _f(512, "Resolution", "images are resized and cropped to this square")
-    rank: int = _f(8, "LoRA rank", "4-16; higher learns more detail and overfits sooner")
-    alpha: float = _f(8.0, "LoRA alpha", "scale = alpha / rank")
+    resolution: int = _f(512, "Resolution", "images are resized and cropped to this square",
+                         minimum=32, maximum=2048)
+    rank: int = _f(8, "LoRA rank", "4-16; higher learns more detail and overfits sooner",
+                   minimum=1, maximum=128)
+    alpha: float = _f(8.0, "LoRA alpha", "scale = alpha / rank", minimum=0.01, maximum=1024)
     train_text_encoder: bool = _f(False, "Train the text encoder too")
-    learning_rate: float = _f(1e-4, "Learning rate (UNet)")
-    text_encoder_lr: float = _f(5e-5, "Learning rate (text encoder)")
+    learning_rate: float = _f(1e-4, "Learning rate (UNet)", minimum=1e-9, maximum=1.0)
+    text_encoder_lr: float = _f(5e-5, "Learning rate (text encoder)", minimum=1e-9, maximum=1.0)
     lr_scheduler: str = _f("constant", "LR schedule", ", ".join(LR_SCHEDULES))
-    lr_warmup_steps: int = _f(0, "Warmup steps")
-    max_steps: int = _f(500, "Steps", "optimizer steps (each sees batch x accumulation images)")
+    lr_warmup_steps: int = _f(0, "Warmup steps", minimum=0, maximum=100_000)
+    max_steps: int = _f(500, "Steps", "optimizer steps (each sees batch x accumulation images)",
+                        minimum=1, maximum=100_000)
     epochs: int = _f(0, "Epochs", "0 = train for Steps; otherwise passes over the dataset, "
-                     "turned into steps when the job is queued")
-    batch_size: int = _f(1, "Batch size")
-    grad_accumulation: int = _f(1, "Gradient accumulation")
+                     "turned into steps when the job is queued", minimum=0, maximum=10_000)
+    batch_size: int = _f(1, "Batch size", minimum=1, maximum=64)
+    grad_accumulation: int = _f(1, "Gradient accumulation", minimum=1, maximum=1024)
     gradient_checkpointing: str = _f("auto", "Gradient checkpointing",
                                      "auto: only when the estimate says the card needs it")
     mixed_precision: str = _f("fp16", "Mixed precision", "fp16, bf16 or no (CUDA only)")
     use_8bit_adam: bool = _f(True, "8-bit Adam", "bitsandbytes AdamW8bit on CUDA")
     attention: str = _f("sdpa", "Attention", "sdpa (PyTorch) or xformers when installed")
-    seed: int = _f(42, "Seed")
-    noise_offset: float = _f(0.0, "Noise offset", "0.05-0.1 helps very dark or bright images")
+    seed: int = _f(42, "Seed", minimum=0, maximum=2**32 - 1)
+    noise_offset: float = _f(0.0, "Noise offset", "0.05-0.1 helps very dark or bright images",
+                             minimum=0, maximum=1)
     cache_latents: bool = _f(True, "Cache VAE latents and text embeddings",
                              "encode the dataset once instead of every step")
     channels_last: bool = _f(True, "Channels-last UNet (CUDA)")
     prior_preservation: bool = _f(False, "Prior preservation")
-    class_prompt: str = _f("", "Class prompt", "e.g. 'a photo of a backpack'")
-    class_images_dir: str = _f("", "Your own class images (optional)")
-    num_class_images: int = _f(100, "Class images")
-    prior_loss_weight: float = _f(1.0, "Prior loss weight")
-    sample_prompts: list = _f([], "Sample prompts", "one per line; drawn every N steps")
-    sample_every: int = _f(100, "Sample every N steps", "0 = only at the end")
-    sample_steps: int = _f(20, "Sampling steps")
-    sample_seed: int = _f(1234, "Sample seed")
-    checkpoint_every: int = _f(100, "Checkpoint every N steps")
-    trigger_words: list = _f([], "Trigger words", "saved in the LoRA's metadata")
+    class_prompt: str = _f("", "Class prompt", "e.g. 'a photo of a backpack'", max_chars=1000)
+    class_images_dir: str = _f("", "Your own class images (optional)", max_chars=1024)
+    num_class_images: int = _f(100, "Class images", minimum=0, maximum=5000)
+    prior_loss_weight: float = _f(1.0, "Prior loss weight", minimum=0, maximum=100)
+    sample_prompts: list = _f([], "Sample prompts", "one per line; drawn every N steps",
+                              max_items=20)
+    sample_every: int = _f(100, "Sample every N steps", "0 = only at the end", minimum=0,
+                           maximum=100_000)
+    sample_steps: int = _f(20, "Sampling steps", minimum=1, maximum=200)
+    sample_seed: int = _f(1234, "Sample seed", minimum=0, maximum=2**32 - 1)
+    checkpoint_every: int = _f(100, "Checkpoint every N steps", "0 = only at the end",
+                               minimum=0, maximum=100_000)
+    trigger_words: list = _f([], "Trigger words", "saved in the LoRA's metadata", max_items=50)
     dataset_hash: str = _f("", "Dataset hash")
     single_file_config: str = _f("", "Config for single files",
                                  "hub id or local diffusers folder giving a .safetensors base "
@@ -93,9 +103,10 @@ class SDTrainConfig(JobConfig):
 
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on."""
-        if not 1 <= self.rank <= 128:
-            raise ValueError("LoRA rank must be between 1 and 128 (4-16 is usual)")
-        if self.resolution % 8 or self.resolution < 32:
+        from studio.safety import safe_name
+
+        safe_name(self.output_name, label="LoRA name")
+        if self.resolution % 8:
             raise ValueError("resolution must be a multiple of 8, at least 32")
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accumulation < 1:
             raise ValueError("steps, batch size and accumulation must be at least 1")
@@ -116,6 +127,8 @@ class SDTrainConfig(JobConfig):
         if self.base_model.strip().lower().endswith(PICKLE_EXTS):
             raise ValueError("pickle checkpoints (.ckpt/.pt/.bin) can run code when loaded; "
                              "use the .safetensors version of the base model")
+        if self.single_file_config.strip():
+            check_model_source(self.single_file_config, label="Config for single files")
 
 
 @dataclass

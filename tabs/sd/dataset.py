@@ -24,9 +24,10 @@ import json
 import math
 import shutil
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from studio.safety import DEFAULT_EXTRACT_BUDGET, safe_extract
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CAPTION_COLUMNS = ("caption", "text", "prompt")
@@ -85,22 +86,19 @@ class PreparedDataset:
         return "\n".join(lines)
 
 
-def expand_uploads(paths: list[Path], workdir: Path) -> list[Path]:
-    """Files as given, with zip archives unpacked into `workdir` (nested folders flattened)."""
+def expand_uploads(paths: list[Path], workdir: Path, budget: int = DEFAULT_EXTRACT_BUDGET,
+                   problems: list[str] | None = None) -> list[Path]:
+    """Files as given, with zip archives unpacked into `workdir` (nested folders flattened),
+    each checked against the extract `budget` before anything is written (zip bombs are
+    refused). What was skipped inside an archive is appended to `problems`."""
     out: list[Path] = []
-    for p in map(Path, paths):
+    for i, p in enumerate(map(Path, paths)):
         if p.suffix.lower() == ".zip":
-            target = workdir / p.stem
-            target.mkdir(parents=True, exist_ok=True)
-            with zipfile.ZipFile(p) as z:
-                for info in z.infolist():
-                    name = Path(info.filename)
-                    if info.is_dir() or name.name.startswith(".") or "__MACOSX" in name.parts:
-                        continue
-                    dest = target / name.name
-                    with z.open(info) as src, open(dest, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    out.append(dest)
+            files, notes = safe_extract(p, workdir / f"{i:03d}-{p.stem}"[:120], budget=budget,
+                                        flatten=True, skip_hidden=True)
+            out += files
+            if problems is not None:
+                problems += notes
         elif p.is_dir():
             out += sorted(x for x in p.rglob("*") if x.is_file())
         else:
@@ -203,8 +201,10 @@ def load_fitted(path: Path, min_side: int, shape_for, crop: str = "center"):
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"not a readable image ({type(e).__name__})") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"refused: {e}") from None
     if min(im.size) < min_side:
         raise ValueError(f"too small ({im.width}x{im.height}; the short side needs at least "
                          f"{min_side} px)")
@@ -220,7 +220,8 @@ def load_fitted(path: Path, min_side: int, shape_for, crop: str = "center"):
 
 def prepare_dataset(paths: list[Path], out_dir: Path, size: int = 512, instance_prompt: str = "",
                     min_side: int | None = None, buckets: bool = False,
-                    crop: str = "center") -> PreparedDataset:
+                    crop: str = "center",
+                    budget: int = DEFAULT_EXTRACT_BUDGET) -> PreparedDataset:
     """Turn uploaded files into a training folder; per-file reasons for what was skipped."""
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {CROPS}")
@@ -231,8 +232,14 @@ def prepare_dataset(paths: list[Path], out_dir: Path, size: int = 512, instance_
     min_side = min_side if min_side is not None else max(64, size // 2)
     ds = PreparedDataset(folder=out_dir, items=[], size=size, buckets=buckets, crop=crop)
     shapes = make_buckets(size) if buckets else [(size, size)]
-    with tempfile.TemporaryDirectory() as tmp:
-        files = expand_uploads(paths, Path(tmp))
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".unzip-") as tmp:
+        problems: list[str] = []
+        try:
+            files = expand_uploads(paths, Path(tmp), budget, problems)
+        except ValueError:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        ds.skipped += [Skipped("archive", p) for p in problems]
         sidecars = {f.stem: f for f in files if f.suffix.lower() == ".txt"}
         csv_captions: dict[str, str] = {}
         for f in files:

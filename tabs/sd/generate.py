@@ -16,10 +16,11 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from studio.sessions import exclusive
 from tabs.sd import lora_io, single_file
 from tabs.sd.config import MemoryPlan, plan_generation
 
@@ -167,17 +168,20 @@ def ensure_registered(studio: Any, base: str, arch: str,
 
     key = model_key(base, arch, single_file_config)
     plans = studio.extras.setdefault("sd_plans", {})
-    if key not in plans:
+
+    def make_spec() -> ModelSpec:  # runs under the manager's lock, once per key
         fp16_vae = None if studio.settings.offline else "madebyollin/sdxl-vae-fp16-fix"
         plan = plan_generation(arch, studio.models.budget, studio.probe.device,
                                fp16_vae=fp16_vae)
         plans[key] = plan
         estimate = 0 if plan.cpu_offload else weight_bytes(arch, plan.dtype)
-        studio.models.register(ModelSpec(
+        return ModelSpec(
             key=key, title=f"{arch.upper()} {Path(base).name or base}",
             load=lambda device: load_pipeline(base, arch, device, plan, single_file_config),
             estimate=estimate if studio.probe.device == "cuda" else 0,
-            reserve=int(1.5 * 1024**3) if studio.probe.device == "cuda" else 0))
+            reserve=int(1.5 * 1024**3) if studio.probe.device == "cuda" else 0)
+
+    studio.models.ensure(key, make_spec)
     return key, plans[key]
 
 
@@ -280,15 +284,23 @@ def generate(studio: Any, req: GenerateRequest, out_dir: Path,
     width, height = req.width or native, req.height or native
     t0 = time.perf_counter()
 
+    size_plan = plan_generation(req.arch, studio.models.budget, studio.probe.device,
+                                width, height, req.batch)
+    used_plan: list[MemoryPlan] = []
+
     def work(pipe: Any) -> tuple[list[Any], int | None]:
-        size_plan = plan_generation(req.arch, studio.models.budget, studio.probe.device,
-                                    width, height, req.batch)
-        _toggle(pipe.vae.enable_slicing, pipe.vae.disable_slicing, size_plan.vae_slicing)
-        _toggle(pipe.vae.enable_tiling, pipe.vae.disable_tiling, size_plan.vae_tiling)
-        plan.vae_slicing, plan.vae_tiling = size_plan.vae_slicing, size_plan.vae_tiling
-        set_loras(pipe, req.loras)
-        set_scheduler(pipe, req.scheduler)
-        return draw(pipe, req, seed, on_step, should_stop)
+        # this request's plan: the shared one (how the pipeline was loaded) is never changed
+        mine = replace(plan, reasons=list(plan.reasons), vae_slicing=size_plan.vae_slicing,
+                       vae_tiling=size_plan.vae_tiling)
+        used_plan[:] = [mine]
+        # LoRAs, scheduler and VAE plan live on the shared pipeline: the request holds it
+        # alone while it sets them and draws (studio/sessions.py)
+        with exclusive(pipe):
+            _toggle(pipe.vae.enable_slicing, pipe.vae.disable_slicing, mine.vae_slicing)
+            _toggle(pipe.vae.enable_tiling, pipe.vae.disable_tiling, mine.vae_tiling)
+            set_loras(pipe, req.loras)
+            set_scheduler(pipe, req.scheduler)
+            return draw(pipe, req, seed, on_step, should_stop)
 
     images, stopped = studio.models.call_with_oom_retry(key, work)
     out_dir = Path(out_dir)
@@ -299,7 +311,7 @@ def generate(studio: Any, req: GenerateRequest, out_dir: Path,
         path = out_dir / f"{stamp}-{seed + i}-{uuid.uuid4().hex[:4]}.png"
         im.save(path, pnginfo=png_info(req, seed + i, width, height))
         saved.append(GeneratedImage(path, seed + i))
-    return GenerateResult(saved, plan.describe(), stopped, time.perf_counter() - t0)
+    return GenerateResult(saved, used_plan[0].describe(), stopped, time.perf_counter() - t0)
 
 
 def _toggle(on: Callable[[], None], off: Callable[[], None], flag: bool) -> None:

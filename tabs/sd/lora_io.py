@@ -153,7 +153,13 @@ def save_lora(folder: Path, unet_sd: dict, te_sd: dict | None, info: LoraInfo) -
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from studio.safety import child_path
+
     folder = Path(folder)
+    # The name comes from the user: it must stay one file name inside `folder`.
+    path = child_path(folder, info.name, label="LoRA name", suffix=".safetensors")
+    kohya_path = child_path(folder, info.name, label="LoRA name",
+                            suffix=f"{KOHYA_SUFFIX}.safetensors")
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"r": info.rank, "lora_alpha": info.alpha, "init_lora_weights": "gaussian",
             "target_modules": sorted({k.rsplit(".lora_", 1)[0].rsplit(".", 1)[-1]
@@ -162,18 +168,15 @@ def save_lora(folder: Path, unet_sd: dict, te_sd: dict | None, info: LoraInfo) -
     if te_sd:
         te_meta = dict(meta, target_modules=sorted({k.rsplit(".lora_", 1)[0].rsplit(".", 1)[-1]
                                                     for k in te_sd}))
-    name = f"{info.name}.safetensors"
     StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=unet_sd, text_encoder_lora_layers=te_sd, weight_name=name,
+        folder, unet_lora_layers=unet_sd, text_encoder_lora_layers=te_sd, weight_name=path.name,
         unet_lora_adapter_metadata=meta, text_encoder_lora_adapter_metadata=te_meta)
-    path = folder / name
     # Add our metadata next to diffusers' own so the file describes itself anywhere.
     with safe_open(path, framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         file_meta = dict(f.metadata() or {})
     file_meta.update(kohya_metadata(info))
     save_file(tensors, path, metadata=file_meta)
-    kohya_path = folder / f"{info.name}{KOHYA_SUFFIX}.safetensors"
     save_file(to_kohya(unet_sd, te_sd, info.alpha), kohya_path, metadata=kohya_metadata(info))
     return SavedLora(path, kohya_path)
 

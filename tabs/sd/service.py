@@ -3,17 +3,37 @@ list LoRAs and base models. Paths all live under the studio home."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from studio.safety import extract_budget, path_under
 from tabs.sd import lora_io, single_file
 from tabs.sd.config import SDTrainConfig, TrainEstimate, estimate_training, steps_for_epochs
-from tabs.sd.dataset import PreparedDataset, load_dataset, prepare_dataset
+from tabs.sd.dataset import PreparedDataset, load_dataset, prepare_dataset, update_captions
 from tabs.sd.train import check_trainable_base
 
 KIND = "sd"
 ENTRY = "tabs.sd.train:run"
+
+
+def prepared_root(studio: Any) -> Path:
+    """Where prepared datasets live; caption edits and training only take folders in here."""
+    root = Path(studio.settings.uploads_dir) / "sd"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def prepared_folder(studio: Any, folder: str | Path) -> Path:
+    """A prepared dataset folder given by the UI or a script, refused outside `prepared_root`
+    (so no caption save or training run touches a folder elsewhere on the disk)."""
+    return path_under(prepared_root(studio), folder, label="Prepared dataset folder",
+                      must_exist=True)
+
+
+def save_captions(studio: Any, folder: str | Path, captions: dict[str, str]) -> PreparedDataset:
+    return update_captions(prepared_folder(studio, folder), captions)
 
 
 def lora_library(studio: Any) -> Path:
@@ -25,9 +45,12 @@ def prepare(studio: Any, files: list[str], size: int, instance_prompt: str,
             buckets: bool = False, crop: str = "center") -> PreparedDataset:
     if not files:
         raise ValueError("upload images (or a zip) first")
-    out = studio.settings.uploads_dir / "sd" / time.strftime("%Y%m%d-%H%M%S")
+    # One new folder per preparation: two in the same second never share (or delete) one.
+    out = Path(tempfile.mkdtemp(dir=prepared_root(studio),
+                                prefix=time.strftime("%Y%m%d-%H%M%S-")))
     ds = prepare_dataset([Path(f) for f in files], out, size=size,
-                         instance_prompt=instance_prompt, buckets=buckets, crop=crop)
+                         instance_prompt=instance_prompt, buckets=buckets, crop=crop,
+                         budget=extract_budget(studio.settings))
     if not ds.items:
         raise ValueError("no usable images:\n" + ds.report())
     return ds
@@ -47,9 +70,15 @@ def complete_config(studio: Any, cfg: SDTrainConfig) -> tuple[SDTrainConfig, Tra
 def submit_training(studio: Any, cfg: SDTrainConfig) -> str:
     """Check the dataset and the memory, then queue the job. Returns the run id."""
     check_trainable_base(cfg.base_model)
+    from studio.hub import require_local  # a hub base not on disk: the Models tab, not the job
+
+    require_local(studio, cfg.base_model, "The base model")
     if single_file.is_single_file(cfg.base_model):  # fail now, not in the job, when offline
         single_file.resolve_config(cfg.base_model, cfg.single_file_config)
-    ds = load_dataset(Path(cfg.dataset_dir))
+    ds = load_dataset(prepared_folder(studio, cfg.dataset_dir))
+    if cfg.class_images_dir:
+        cfg.class_images_dir = str(path_under(studio.settings.home, cfg.class_images_dir,
+                                              label="Your own class images", must_exist=True))
     cfg.dataset_hash = ds.hash
     if cfg.epochs > 0:
         cfg.max_steps = steps_for_epochs(cfg.epochs, len(ds.items), cfg.batch_size,

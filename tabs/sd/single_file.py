@@ -42,6 +42,10 @@ def check_base(base: str) -> None:
             "it once in a tool you trust.")
     if name.lower().endswith(SAFE_EXT) and not Path(name).is_file():
         raise ValueError(f"checkpoint file not found: {name}")
+    from studio.safety import check_model_source
+
+    # Folders too: a diffusers folder whose .bin weights are pickles that could run code.
+    check_model_source(name, label="Base model")
 
 
 class _HeaderShapes(Mapping):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studio.safety import freeze_folder
 from tabs.sd import lora_io, single_file
 from tabs.sd.config import SDTrainConfig, estimate_training
 from tabs.sd.dataset import bucket_groups, load_dataset
@@ -337,7 +338,9 @@ def run(config: dict, report: Any) -> None:
     report.log(f"device {device}, weights {dtype}"
                + (f"; {est.describe()}" if cuda else " (no GPU estimate on CPU)"))
 
-    ds = load_dataset(Path(cfg.dataset_dir))
+    # The run's own copy of the prepared folder: caption edits after queueing change nothing.
+    ds = load_dataset(freeze_folder(cfg.dataset_dir, report.run_dir,
+                                    label="Prepared dataset folder"))
     if ds.size != cfg.resolution:
         report.log(f"dataset was prepared at {ds.size} px; training at {ds.size}")
         cfg.resolution = ds.size

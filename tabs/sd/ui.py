@@ -3,16 +3,16 @@ Generate (SD 1.5 / SDXL, LoRAs with strengths, Stop). Widgets in, logic calls, g
 
 from __future__ import annotations
 
-import threading
 from dataclasses import fields
 from typing import Any
 
 import gradio as gr
 
+from studio.sessions import session_of
 from studio.ui.widgets import job_panel
 from tabs.sd import service
 from tabs.sd.config import LR_SCHEDULES, SDTrainConfig
-from tabs.sd.dataset import load_dataset, update_captions
+from tabs.sd.dataset import load_dataset
 from tabs.sd.generate import SCHEDULERS, GenerateRequest, LoraChoice, generate
 
 LORA_SLOTS = 3  # do_generate names each slot
@@ -158,7 +158,7 @@ def _train_tab(studio: Any) -> None:
             raise gr.Error("Prepare a dataset first.")
         rows = frame.values.tolist() if hasattr(frame, "values") else frame
         try:
-            ds = update_captions(folder, {r[0]: r[2] for r in rows})
+            ds = service.save_captions(studio, folder, {r[0]: r[2] for r in rows})
         except ValueError as e:
             raise gr.Error(str(e)) from None
         gr.Info(f"Saved {len(ds.items)} captions.")
@@ -179,22 +179,28 @@ def _train_tab(studio: Any) -> None:
          ncls_v, pw_v, cdir_v, sp_v, se_v, epochs_v, sfc_v, attn_v) = values
         if not folder:
             raise gr.Error("Prepare a dataset first (step 1).")
-        cfg = SDTrainConfig(
-            base_model=(base_v or "").strip(), dataset_dir=folder,
-            output_name=(name_v or "my_lora").strip(), resolution=int(size_v),
-            trigger_words=[t.strip() for t in (trig or "").split(",") if t.strip()],
-            rank=int(rank_v), alpha=float(alpha_v), max_steps=int(steps_v),
-            epochs=int(epochs_v or 0),
-            learning_rate=float(lr_v), lr_scheduler=sched_v, lr_warmup_steps=int(warm_v),
-            batch_size=int(batch_v), grad_accumulation=int(accum_v), gradient_checkpointing=gc_v,
-            mixed_precision=prec_v, use_8bit_adam=bool(adam_v), train_text_encoder=bool(te_v),
-            seed=int(seed_v), noise_offset=float(off_v), prior_preservation=bool(prior_v),
-            class_prompt=cp_v or "", num_class_images=int(ncls_v), prior_loss_weight=float(pw_v),
-            class_images_dir=(cdir_v or "").strip(),
-            sample_prompts=[p.strip() for p in (sp_v or "").splitlines() if p.strip()],
-            sample_every=int(se_v), single_file_config=(sfc_v or "").strip(),
-            attention=attn_v or "sdpa")
+        _c = SDTrainConfig.coerce  # a bad number names its field
         try:
+            cfg = SDTrainConfig(
+                base_model=(base_v or "").strip(), dataset_dir=folder,
+                output_name=(name_v or "my_lora").strip(), resolution=_c("resolution", size_v),
+                trigger_words=[t.strip() for t in (trig or "").split(",") if t.strip()],
+                rank=_c("rank", rank_v), alpha=_c("alpha", alpha_v),
+                max_steps=_c("max_steps", steps_v), epochs=_c("epochs", epochs_v or 0),
+                learning_rate=_c("learning_rate", lr_v), lr_scheduler=sched_v,
+                lr_warmup_steps=_c("lr_warmup_steps", warm_v),
+                batch_size=_c("batch_size", batch_v),
+                grad_accumulation=_c("grad_accumulation", accum_v),
+                gradient_checkpointing=gc_v, mixed_precision=prec_v,
+                use_8bit_adam=bool(adam_v), train_text_encoder=bool(te_v),
+                seed=_c("seed", seed_v), noise_offset=_c("noise_offset", off_v),
+                prior_preservation=bool(prior_v), class_prompt=cp_v or "",
+                num_class_images=_c("num_class_images", ncls_v),
+                prior_loss_weight=_c("prior_loss_weight", pw_v),
+                class_images_dir=(cdir_v or "").strip(),
+                sample_prompts=[p.strip() for p in (sp_v or "").splitlines() if p.strip()],
+                sample_every=_c("sample_every", se_v), single_file_config=(sfc_v or "").strip(),
+                attention=attn_v or "sdpa")
             cfg.validate()
         except ValueError as e:
             raise gr.Error(str(e)) from None
@@ -217,10 +223,6 @@ def _train_tab(studio: Any) -> None:
     start.click(do_start, inputs=settings, outputs=[panel.run_picker], api_name="sd_train")
     timer.tick(lambda rid: service.sample_images(studio, rid), inputs=[panel.run_picker],
                outputs=[samples], api_visibility="private", show_progress="hidden", queue=False)
-
-
-def _stop_flags(studio: Any) -> dict[str, threading.Event]:
-    return studio.extras.setdefault("sd_stop_flags", {})
 
 
 def _generate_tab(studio: Any) -> None:
@@ -284,19 +286,15 @@ def _generate_tab(studio: Any) -> None:
                               guidance=float(guid_v), seed=int(seed_v), width=int(w_v),
                               height=int(h_v), batch=int(b_v), scheduler=sched_v, loras=loras,
                               single_file_config=(sfc_v or "").strip())
-        flag = threading.Event()
-        session = getattr(request, "session_hash", None) or "api"
-        _stop_flags(studio)[session] = flag
         try:
-            result = generate(studio, req, studio.settings.exports_dir / "sd_images",
-                              on_step=lambda i, n: progress((i, n), desc="denoising"),
-                              should_stop=flag.is_set)
+            with studio.stops.running("sd", session_of(request)) as flag:
+                result = generate(studio, req, studio.settings.exports_dir / "sd_images",
+                                  on_step=lambda i, n: progress((i, n), desc="denoising"),
+                                  should_stop=flag.is_set)
         except ValueError as e:
             raise gr.Error(str(e)) from None
         except Exception as e:  # BudgetExceeded, load errors: say it plainly
             raise gr.Error(f"{type(e).__name__}: {e}") from None
-        finally:
-            _stop_flags(studio).pop(session, None)
         note = f"**Memory plan:** {result.plan}  \n{result.seconds:.1f} s"
         if result.stopped_at:
             note += f" — stopped at step {result.stopped_at}"
@@ -307,12 +305,9 @@ def _generate_tab(studio: Any) -> None:
                      scheduler, *lora_boxes, *strengths, sf_config],
              outputs=[gallery, plan_md], api_name="sd_generate", concurrency_id="gpu")
 
-    def do_stop(request: gr.Request = None):
-        session = getattr(request, "session_hash", None) or "api"
-        flags = _stop_flags(studio)
-        targets = [flags[session]] if session in flags else list(flags.values())
-        for f in targets:
-            f.set()
-        return "Stopping after the current step…" if targets else "Nothing is running."
+    def do_stop(request: gr.Request):
+        if studio.stops.stop("sd", session_of(request)):
+            return "Stopping after the current step…"
+        return "Nothing is running."
 
     stop.click(do_stop, outputs=[plan_md], api_name="sd_stop", queue=False)

@@ -9,6 +9,7 @@ their latest metrics, so the table fills in as they train.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,12 @@ from tabs.tinygpt.train import RESULTS
 
 KIND = "tinygpt"
 COLUMNS = ["run", "status", "pos", "params_M", "layers", "width", "context", "tokenizer",
-           "steps", "val_loss", "val_ppl", "val_ppl_2x", "ppl_2x_ratio", "train_tokens_per_s",
-           "device", "id"]
+           "steps", "val_loss", "val_ppl", "measured", "val_ppl_2x", "ppl_2x_ratio",
+           "train_tokens_per_s", "device", "id"]
+# A finished run is scored once over every validation window (results.json); val_loss is then
+# the log of that same perplexity. A run still going shows its latest periodic estimate (random
+# validation batches), named as such, never mixed with the final figure.
+FINAL = "final: every validation window"
 
 
 def run_row(view: Any) -> dict[str, Any]:
@@ -32,8 +37,14 @@ def run_row(view: Any) -> dict[str, Any]:
     for m in view.metrics:  # latest value of each metric
         last.update({k: v for k, v in m.items() if k != "step"})
         last["step"] = m.get("step", last.get("step", 0))
-    val_loss = last.get("val_loss")
-    val_ppl = res.get("val_ppl", perplexity(val_loss) if val_loss is not None else None)
+    if res.get("val_ppl"):
+        val_ppl = res["val_ppl"]
+        val_loss = math.log(val_ppl)
+        measured = FINAL
+    else:
+        val_loss = last.get("val_loss")
+        val_ppl = perplexity(val_loss) if val_loss is not None else None
+        measured = f"step {int(last.get('step', 0))}: sampled batches" if val_loss else None
     ppl_2x = res.get("val_ppl_2x")
     return {
         "run": view.title, "status": view.status, "pos": cfg.get("pos"),
@@ -41,7 +52,7 @@ def run_row(view: Any) -> dict[str, Any]:
         "layers": cfg.get("n_layer"), "width": cfg.get("n_embd"),
         "context": cfg.get("block_size"), "tokenizer": cfg.get("tokenizer"),
         "steps": int(res.get("step", last.get("step", 0))),
-        "val_loss": _round(val_loss), "val_ppl": _round(val_ppl),
+        "val_loss": _round(val_loss), "val_ppl": _round(val_ppl), "measured": measured,
         "val_ppl_2x": _round(ppl_2x),
         "ppl_2x_ratio": _round(ppl_2x / val_ppl) if ppl_2x and val_ppl else None,
         "train_tokens_per_s": _round(res.get("tokens_per_s", last.get("tokens_per_s")), 0),

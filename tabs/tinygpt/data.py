@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from studio.safety import path_under
+
 MAX_FILE_BYTES = 20 * 1024 * 1024  # one file bigger than this is skipped, not half-read
 DOC_SEPARATOR = "\n\n"
 UNK = "[UNK]"
@@ -110,15 +112,7 @@ def stdlib_corpus(max_chars: int = 2_000_000) -> Corpus:
 def resolve_under(path: str | Path, home: Path) -> Path:
     """A user-given folder, refused unless it lies inside the studio home (the app may be shared
     with others, who must not read arbitrary files of the host)."""
-    p = Path(path).expanduser()
-    if not p.is_absolute():
-        p = Path(home) / p
-    p = p.resolve()
-    if not p.is_relative_to(Path(home).resolve()):
-        raise ValueError(f"{path} is outside the studio home ({home}); use a folder inside it")
-    if not p.exists():
-        raise ValueError(f"{path} does not exist")
-    return p
+    return path_under(home, path, label="Corpus folder", must_exist=True)
 
 
 def folder_corpus(folder: Path, max_chars: int = 2_000_000) -> Corpus:
@@ -126,9 +120,17 @@ def folder_corpus(folder: Path, max_chars: int = 2_000_000) -> Corpus:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    inside = folder.resolve()
+    paths, outside = [], []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        # A link inside the folder may point anywhere (/etc/passwd): only files that really
+        # are inside it are read.
+        (paths if p.resolve().is_relative_to(inside) else outside).append(p)
     corpus = _gather(_file_items(paths, folder), f"folder {folder.name}", max_chars)
+    corpus.skipped += [(str(p.relative_to(folder)), "a link to a file outside the folder; "
+                        "not read") for p in outside]
     if not corpus.text.strip():
         raise ValueError(f"no usable text in {folder}" + _skip_note(corpus))
     return corpus

@@ -300,8 +300,17 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
     """
     limit = model.max_positions()
     if limit is not None and idx.shape[1] + max_new_tokens > limit:
-        raise ValueError(f"prompt ({idx.shape[1]}) + new tokens ({max_new_tokens}) exceed the "
-                         f"{limit} positions a learned-position model has")
+        # Learned positions stop at the training context: continue as nanoGPT does, each step
+        # seeing only the last `limit` tokens (the cache cannot slide, since every position
+        # would shift).
+        if idx.shape[1] > limit:
+            raise ValueError(f"a prompt of {idx.shape[1]} tokens is longer than the {limit} "
+                             "positions a learned-position model has")
+        fits = limit - idx.shape[1]
+        if fits:
+            idx = generate(model, idx, fits, temperature, top_k, use_cache, generator, cuda_graph)
+        return _generate_cropped(model, idx, max_new_tokens - fits, limit, temperature, top_k,
+                                 generator)
     if use_cache and cuda_graph and max_new_tokens > 0:
         from .fastdecode import graph_decode_applies, graph_generate  # it imports this file
 
@@ -318,4 +327,15 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
             nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
             idx = torch.cat([idx, nxt], dim=1)
             step_input = nxt
+    return idx
+
+
+def _generate_cropped(model: GPT, idx: torch.Tensor, max_new_tokens: int, window: int,
+                      temperature: float, top_k: int | None,
+                      generator: torch.Generator | None) -> torch.Tensor:
+    """Each new token from the last `window` tokens only (no cache)."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -window:], last_only=True)
+        nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
+        idx = torch.cat([idx, nxt], dim=1)
     return idx

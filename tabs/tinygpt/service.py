@@ -5,12 +5,12 @@ model manager."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studio import safety
 from studio.jobs import hash_files
 from studio.models import ModelSpec, PinnedSwap
 from tabs.tinygpt import data as D
@@ -36,16 +36,8 @@ def _warm_tier() -> dict[str, Any]:
 
 def stage_upload(src: str | Path, uploads_dir: Path) -> Path:
     """Copy a Gradio upload (a temp file that may vanish) into the studio's uploads folder,
-    named by its content hash so the same file is kept once."""
-    src = Path(src)
-    if not src.is_file():
-        raise ValueError("the uploaded file is gone; upload it again")
-    digest = hash_files([src])
-    dest = Path(uploads_dir) / KIND / f"{digest}_{src.name}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if not dest.exists():
-        shutil.copyfile(src, dest)
-    return dest
+    named by its content hash so the same file is kept once (studio.safety.stage_upload)."""
+    return safety.stage_upload(src, Path(uploads_dir) / KIND, label="Corpus upload")
 
 
 def resolve_corpus(cfg: TinyGPTConfig, home: Path, upload: str | Path | None) -> TinyGPTConfig:
@@ -155,15 +147,13 @@ def model_key(studio: Any, run_id: str) -> str:
     if not studio.models.is_registered(key):
         current = studio.extras.setdefault("tinygpt_keys", {})
         old = current.get(run_id)
-        if old is not None:
+        if old is not None and old != key:
             studio.models.evict(old)
-        size = ckpt.stat().st_size // 3  # the file also holds the optimizer's two moments
-        studio.models.register(ModelSpec(
-            key=key, load=lambda device: load_trained(run_dir, device)[0],
-            title=f"Tiny GPT {run_id[-6:]}", estimate=size, reserve=64 * 2**20,
-            **_warm_tier()))
         current[run_id] = key
-    return key
+    size = ckpt.stat().st_size // 3  # the file also holds the optimizer's two moments
+    return studio.models.ensure(key, lambda: ModelSpec(
+        key=key, load=lambda device: load_trained(run_dir, device)[0],
+        title=f"Tiny GPT {run_id[-6:]}", estimate=size, reserve=64 * 2**20, **_warm_tier()))
 
 
 def generate_from_run(studio: Any, run_id: str, prompt: str, max_new_tokens: int,

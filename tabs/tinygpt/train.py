@@ -300,8 +300,8 @@ class Generation:
 def generate_text(model: GPT, tok: Tokenizer, prompt: str, max_new_tokens: int,
                   temperature: float = 0.8, top_k: int | None = 40, use_cache: bool = True,
                   seed: int = 0) -> Generation:
-    """Continue `prompt`. For a learned-position model the prompt is cut to its last tokens so
-    prompt + new tokens fit the trained context."""
+    """Continue `prompt`. A learned-position model sees at most its trained context: the prompt
+    is cut to its last tokens, and past the context each new token sees the last ones only."""
     if max_new_tokens < 1:
         raise ValueError("ask for at least one new token")
     ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
@@ -309,10 +309,7 @@ def generate_text(model: GPT, tok: Tokenizer, prompt: str, max_new_tokens: int,
         ids = tok.encode("\n", add_special_tokens=False).ids or [0]
     limit = model.max_positions()
     if limit is not None:
-        if max_new_tokens >= limit:
-            raise ValueError(f"this model has {limit} learned positions: ask for fewer than "
-                             f"{limit} new tokens")
-        ids = ids[-(limit - max_new_tokens):]
+        ids = ids[-limit:]
     device = next(model.parameters()).device
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     g = torch.Generator(device=device).manual_seed(seed)

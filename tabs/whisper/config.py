@@ -32,6 +32,12 @@ class TranscribeConfig:
     # pyannote stay under 6 GiB with word timestamps; 8 measured 7.47 GiB on a 10 min file)
 
     def validate(self) -> TranscribeConfig:
+        if self.model and self.model not in MODEL_SIZES:
+            from studio.safety import check_model_source
+
+            # A folder whose pickles could run code is refused; CTranslate2's model.bin is not
+            # a pickle and loads.
+            self.model = check_model_source(self.model, label="Whisper model")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; one of {', '.join(ENGINES)}")
         if self.compute_type not in COMPUTE_TYPES:

@@ -164,20 +164,25 @@ class FasterWhisperEngine:
         from faster_whisper import WhisperModel
 
         offline = bool(getattr(self.studio.settings, "offline", False))
-        return WhisperModel(self.model, device=self.device, compute_type=self.compute_type,
-                            local_files_only=offline,
-                            download_root=str(Path(self.studio.settings.cache_dir) / "whisper"))
+        try:
+            return WhisperModel(self.model, device=self.device, compute_type=self.compute_type,
+                                local_files_only=offline,
+                                download_root=str(Path(self.studio.settings.cache_dir)
+                                                  / "whisper"))
+        except Exception as e:  # hub/cache errors come in many types; say what to do
+            raise ValueError(_load_failure(self.model, offline, e)) from None
 
     def register(self) -> str:
         from studio.models import ModelSpec
 
-        if not self.studio.models.is_registered(self.key):
+        def make() -> ModelSpec:
             est = estimate_bytes(self.model) // (2 if "int8" in self.compute_type else 1)
-            self.studio.models.register(ModelSpec(
+            return ModelSpec(
                 key=self.key, load=self._load, title=f"Whisper {Path(self.model).name} "
                 f"({self.compute_type}, CTranslate2)", estimate=est if self.device == "cuda"
-                else 0, reserve=est // 4 if self.device == "cuda" else 0))
-        return self.key
+                else 0, reserve=est // 4 if self.device == "cuda" else 0)
+
+        return self.studio.models.ensure(self.key, make)
 
     def transcribe(self, audio: np.ndarray, cfg: TranscribeConfig,
                    progress: Progress | None = None,
@@ -208,6 +213,14 @@ class FasterWhisperEngine:
         return res
 
 
+def _load_failure(model: str, offline: bool, e: Exception) -> str:
+    if offline and not Path(model).exists():
+        return (f"Whisper {model} is not on this machine and the studio runs offline: pick a "
+                "model that is (the small profile ships tiny.en), give a local model folder, or "
+                "start the studio without --offline to download it")
+    return f"could not load Whisper {model} ({type(e).__name__}: {str(e)[:300]})"
+
+
 def hub_id(model: str) -> str:
     """A size name to the openai/whisper-* repository the transformers engine loads."""
     return model if "/" in model or Path(model).is_dir() else f"openai/whisper-{model}"
@@ -228,10 +241,13 @@ class TransformersWhisperEngine:
 
         dtype = torch.float16 if self.device == "cuda" else torch.float32
         offline = bool(getattr(self.studio.settings, "offline", False))
-        model = WhisperForConditionalGeneration.from_pretrained(
-            self.model, dtype=dtype, attn_implementation="sdpa", local_files_only=offline)
+        try:
+            model = WhisperForConditionalGeneration.from_pretrained(
+                self.model, dtype=dtype, attn_implementation="sdpa", local_files_only=offline)
+            proc = AutoProcessor.from_pretrained(self.model, local_files_only=offline)
+        except (OSError, ValueError) as e:  # not cached offline, or not a Whisper folder
+            raise ValueError(_load_failure(self.model, offline, e)) from None
         keep_encoder_on_sdpa(model)
-        proc = AutoProcessor.from_pretrained(self.model, local_files_only=offline)
         return pipeline("automatic-speech-recognition", model=model.to(self.device).eval(),
                         tokenizer=proc.tokenizer, feature_extractor=proc.feature_extractor,
                         device=self.device, dtype=dtype)
@@ -239,13 +255,14 @@ class TransformersWhisperEngine:
     def register(self) -> str:
         from studio.models import ModelSpec
 
-        if not self.studio.models.is_registered(self.key):
+        def make() -> ModelSpec:
             est = estimate_bytes(self.model)
-            self.studio.models.register(ModelSpec(
+            return ModelSpec(
                 key=self.key, load=self._load, title=f"Whisper {Path(self.model).name} "
                 "(transformers)", estimate=est if self.device == "cuda" else 0,
-                reserve=est // 2 if self.device == "cuda" else 0))
-        return self.key
+                reserve=est // 2 if self.device == "cuda" else 0)
+
+        return self.studio.models.ensure(self.key, make)
 
     def transcribe(self, audio: np.ndarray, cfg: TranscribeConfig,
                    progress: Progress | None = None,

@@ -40,15 +40,7 @@ class WhisperService:
         self.root.mkdir(parents=True, exist_ok=True)
         self._proposals: dict[str, list[Edit]] = {}
         self._lock = threading.Lock()
-        self._stops: dict[str, threading.Event] = {}  # per browser session: the Stop button
         self._llm: Any = None
-
-    def stop_event(self, session: str, fresh: bool = False) -> threading.Event:
-        """The Stop flag of one browser session; `fresh` clears it for a new run."""
-        with self._lock:
-            if fresh or session not in self._stops:
-                self._stops[session] = threading.Event()
-            return self._stops[session]
 
     def llm(self) -> Any:
         """The shared chat engine (profile role 'chat'), built on first use."""
@@ -127,7 +119,10 @@ class WhisperService:
             src = self.diarization_source(source)
             if not src:
                 return None, NO_DIARIZATION
-            diarizer = PyannoteDiarizer(self.studio, src, token)
+            from studio.hub import TokenStore  # the Models tab's token when none is typed
+
+            diarizer = PyannoteDiarizer(self.studio, src,
+                                        token or TokenStore(self.studio.settings.home).get())
         try:
             turns = diarizer.diarize(audio, cfg.num_speakers, cfg.min_speakers,
                                      cfg.max_speakers)

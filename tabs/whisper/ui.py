@@ -17,6 +17,7 @@ import gradio as gr
 
 from studio.llm import LLMError, ModelLoadError
 from studio.models import BudgetExceeded
+from studio.sessions import session_of
 from tabs.whisper.audio import AUDIO_EXTS, VIDEO_EXTS
 from tabs.whisper.config import COMPUTE_TYPES, ENGINES, MODEL_SIZES, TranscribeConfig
 from tabs.whisper.formats import FORMATS, clock
@@ -93,9 +94,11 @@ def build_ui(studio: Any) -> None:
             upload = gr.File(label="Audio or video file", file_types=exts, type="filepath")
             mic = gr.Audio(label="…or record", sources=["microphone"], type="filepath")
             with gr.Accordion("Model and decoding", open=False):
-                model = gr.Dropdown([default_model, *MODEL_SIZES], value=default_model,
-                                    allow_custom_value=True, label="Model",
-                                    info="a size (downloaded from the hub) or a local folder")
+                model = gr.Dropdown(_model_choices(studio, [default_model, *MODEL_SIZES]),
+                                    value=default_model, allow_custom_value=True, label="Model",
+                                    info="a size (downloaded from the hub), a local folder, or "
+                                    "a model tuned in the Whisper fine-tune tab")
+                card = gr.Markdown()  # a tuned model's run card
                 engine = gr.Radio(list(ENGINES), value="auto", label="Engine")
                 compute = gr.Radio(list(COMPUTE_TYPES), value="int8", label="Compute type")
                 language = gr.Dropdown(LANGUAGES, value="auto", allow_custom_value=True,
@@ -130,7 +133,9 @@ def build_ui(studio: Any) -> None:
             with gr.Row():
                 fmt = gr.Dropdown(list(FORMATS), value="srt", label="Format")
                 export = gr.Button("Download")
+                to_training = gr.Button("Use as training data")
             out_file = gr.File(label="Export")
+            training_md = gr.Markdown()
             with gr.Accordion("LLM post-edit", open=False):
                 glossary = gr.Textbox(label="Glossary (names and terms, comma separated)")
                 with gr.Row():
@@ -144,12 +149,13 @@ def build_ui(studio: Any) -> None:
         path = file_path or mic_path
         if not path:
             raise gr.Error("Upload a file or record something first.")
-        flag = svc.stop_event(getattr(request, "session_hash", None) or "api", fresh=True)
         try:
             cfg = _config(model, engine, compute, language, beam, prompt, hotwords, vad, words,
                           diarize, num or 0, lo or 0, hi or 0)
-            t = svc.transcribe(path, cfg, progress=lambda f, m: progress(f, desc=m), stop=flag,
-                               hf_token=hf_token or "", diarization_source=source or "")
+            with studio.stops.running("whisper", session_of(request)) as flag:
+                t = svc.transcribe(path, cfg, progress=lambda f, m: progress(f, desc=m),
+                                   stop=flag, hf_token=hf_token or "",
+                                   diarization_source=source or "")
         except (ValueError, BudgetExceeded, RuntimeError) as e:
             raise _err(e) from None
         new_id = svc.save(t)
@@ -157,7 +163,7 @@ def build_ui(studio: Any) -> None:
                 gr.update(choices=[t.name_of(s) for s in t.speakers], value=None))
 
     def do_stop(request: gr.Request) -> None:
-        svc.stop_event(getattr(request, "session_hash", None) or "api").set()
+        studio.stops.stop("whisper", session_of(request))  # only this session's own run
 
     def do_rename(transcript_id, who, name):
         try:
@@ -209,3 +215,39 @@ def build_ui(studio: Any) -> None:
     propose.click(do_propose, [tid, glossary], diff, api_name="whisper_postedit",
                   concurrency_id="gpu")
     accept.click(do_accept, [tid], [view, diff], api_name="whisper_accept")
+
+    def do_to_training(transcript_id):
+        """Each segment of this (corrected) transcript becomes a training pair."""
+        try:
+            from tabs.whisper_ft.service import dataset_from_transcript
+
+            s = dataset_from_transcript(studio, transcript_id or "")
+        except ImportError:
+            raise gr.Error("The Whisper fine-tune tab is not installed.") from None
+        except ValueError as e:
+            raise _err(e) from None
+        return s.markdown() + "  \nUse this dataset id in the Whisper fine-tune tab."
+
+    to_training.click(do_to_training, [tid], training_md, api_name="whisper_to_training")
+    model.focus(lambda: gr.update(choices=_model_choices(studio, [default_model,
+                                                                  *MODEL_SIZES])),
+                None, model, api_visibility="private", queue=False)
+    model.change(lambda m: _run_card(studio, m), [model], card, api_visibility="private",
+                 queue=False)
+
+
+def _model_choices(studio: Any, names: list[str]) -> list[tuple[str, str]]:
+    """Sizes and folders, then the models tuned in the Whisper fine-tune tab (if installed)."""
+    try:
+        from tabs.whisper_ft.service import tuned_models
+    except ImportError:
+        return [(n, n) for n in names]
+    return [(n, n) for n in names] + tuned_models(studio)
+
+
+def _run_card(studio: Any, model: str) -> str:
+    try:
+        from tabs.whisper_ft.service import run_card
+    except ImportError:
+        return ""
+    return run_card(studio, model)

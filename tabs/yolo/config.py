@@ -30,34 +30,38 @@ class TrainConfig(JobConfig):
     data: str = _f("", "data.yaml", "frozen copy of the dataset in the Ultralytics layout")
     model: str = _f("yolov8n.yaml", "Model",
                     "a YAML trains from scratch; a .pt name downloads COCO weights (online); a "
-                    "local .pt path fine-tunes your own checkpoint")
+                    "local .pt path fine-tunes your own checkpoint", max_chars=1024)
     epochs: int = _f(50, "Epochs", minimum=1, maximum=1000)
     imgsz: int = _f(640, "Image size", "training and export resolution (multiple of 32)",
                     minimum=32, maximum=1920)
-    batch: int = _f(0, "Batch", "0 = auto: the largest batch that fits the VRAM budget")
-    patience: int = _f(20, "Patience", "stop early after this many epochs without improvement")
+    batch: int = _f(0, "Batch", "0 = auto: the largest batch that fits the VRAM budget",
+                    minimum=0, maximum=1024)
+    patience: int = _f(20, "Patience", "stop early after this many epochs without improvement",
+                       minimum=0, maximum=1000)
     amp: bool = _f(True, "Mixed precision (AMP)", "GPU only; ignored on CPU")
     mosaic: float = _f(1.0, "Mosaic", "probability of 4-image mosaic augmentation", minimum=0,
                        maximum=1)
     fliplr: float = _f(0.5, "Horizontal flip", minimum=0, maximum=1)
     hsv: bool = _f(True, "Colour jitter (HSV)")
-    close_mosaic: int = _f(10, "Close mosaic", "last epochs trained without mosaic")
-    seed: int = _f(0, "Seed")
+    close_mosaic: int = _f(10, "Close mosaic", "last epochs trained without mosaic", minimum=0,
+                           maximum=1000)
+    seed: int = _f(0, "Seed", minimum=0, maximum=2**32 - 1)
     device: str = _f("auto", "Device", "auto, cpu or a CUDA index")
-    workers: int = _f(2, "Data loader workers")
-    vram_budget: int = _f(0, "VRAM budget (bytes)", "cap for this job on the GPU; 0 = no cap")
+    workers: int = _f(2, "Data loader workers", minimum=0, maximum=32)
+    vram_budget: int = _f(0, "VRAM budget (bytes)", "cap for this job on the GPU; 0 = no cap",
+                          minimum=0)
     plots: bool = _f(True, "Plots", "PR curve, confusion matrix, sample predictions")
     val_every_epoch: bool = _f(True, "Validate every epoch", "needed for live mAP")
     offline: bool = _f(False, "Offline", "never download weights, fonts or AMP check models")
+    trusted_model: str = _f("", "Trusted model file", "sha256 of the .pt file you ticked 'I trust "
+                            "this file' for; filled in by the studio")
 
 
 
     def validate(self) -> None:
         if not self.data:
             raise ValueError("no dataset: pick a dataset with labelled train and val images")
-        if self.epochs < 1:
-            raise ValueError("epochs must be at least 1")
-        if self.imgsz < 32 or self.imgsz % 32:
+        if self.imgsz % 32:
             raise ValueError("image size must be a multiple of 32 (e.g. 320, 640)")
         if self.batch < 0:
             raise ValueError("batch must be 0 (auto) or a positive number")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from studio.safety import DEFAULT_EXTRACT_BUDGET, read_yaml_file
 from tabs.yolo.formats import (
     IMAGE_SUFFIXES,
     Box,
@@ -30,6 +32,7 @@ from tabs.yolo.formats import (
     parse_coco,
     parse_names,
     parse_yolo,
+    parse_yolo_rows,
     safe_extract,
     to_coco,
     to_yolo,
@@ -82,6 +85,8 @@ def check_image(path: Path) -> tuple[int, int]:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as e:
         # ImportError: Ultralytics patches Image.open to try a HEIF plugin on unknown files.
         raise ValueError(f"{path.name}: corrupt or not an image ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path.name}: refused, {e}") from None
 
 
 class Dataset:
@@ -155,6 +160,8 @@ class Dataset:
         return names
 
     def image_path(self, name: str) -> Path:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"pick an image of dataset {self.name} (got {str(name)[:60]!r})")
         p = self.images_dir / Path(name).name
         if Path(name).name != name or not p.exists():
             raise KeyError(f"no image {name!r} in dataset {self.name}")
@@ -202,13 +209,22 @@ class Dataset:
         """Save the boxes of one image at once (an empty list = labelled, no objects)."""
         w, h = self.image_size(name)
         n = len(self.classes)
-        for b in boxes:
+        kept = []
+        for i, b in enumerate(boxes, 1):
+            corners = (b.x1, b.y1, b.x2, b.y2)
+            if not all(math.isfinite(v) for v in corners):
+                raise ValueError(f"box {i}: coordinates must be finite numbers, got {corners}")
             if not 0 <= b.cls < n:
-                raise ValueError(f"class {b.cls} out of range: the dataset has {n} classes")
+                raise ValueError(f"box {i}: class {b.cls} out of range: the dataset has {n} "
+                                 "classes")
             if b.x2 <= b.x1 or b.y2 <= b.y1:
-                raise ValueError(f"box {b} has no area (need x1 < x2 and y1 < y2)")
-        _atomic_write(self._label_path(name), to_yolo(boxes, w, h))
-        return len(boxes)
+                raise ValueError(f"box {i} has no area (need x1 < x2 and y1 < y2): {corners}")
+            c = b.clipped(w, h)
+            if c.x2 - c.x1 < 0.5 or c.y2 - c.y1 < 0.5:
+                raise ValueError(f"box {i} {corners} lies outside the {w}x{h} image")
+            kept.append(c)
+        _atomic_write(self._label_path(name), to_yolo(kept, w, h))
+        return len(kept)
 
     def clear_labels(self, name: str) -> None:
         """Mark an image unlabelled again."""
@@ -240,12 +256,14 @@ class Dataset:
         return {"train": len(labelled) - n_val, "val": n_val}
 
     # ----- import ---------------------------------------------------------------------------
-    def add_files(self, paths: list[Path], work_dir: Path) -> ImportReport:
-        """Images and zips (of images, or of a YOLO/COCO dataset). Bad files are reported."""
+    def add_files(self, paths: list[Path], work_dir: Path,
+                  budget: int = DEFAULT_EXTRACT_BUDGET) -> ImportReport:
+        """Images and zips (of images, or of a YOLO/COCO dataset). Bad files are reported; a
+        zip past the extract `budget` (or a zip bomb) is refused before it is unpacked."""
         report = ImportReport()
         for p in map(Path, paths):
             if p.suffix.lower() == ".zip":
-                report.merge(self.import_archive(p, work_dir))
+                report.merge(self.import_archive(p, work_dir, budget))
             elif p.suffix.lower() in (".yaml", ".yml", ".json"):
                 report.problems.append(f"{p.name}: upload the whole dataset as a zip (with its "
                                        "images), or use Import")
@@ -257,11 +275,12 @@ class Dataset:
         report.classes = self.classes
         return report
 
-    def import_archive(self, zip_path: Path, work_dir: Path) -> ImportReport:
+    def import_archive(self, zip_path: Path, work_dir: Path,
+                       budget: int = DEFAULT_EXTRACT_BUDGET) -> ImportReport:
         """A zip of images, or of a YOLO (data.yaml) or COCO (*.json) dataset."""
         tmp = Path(tempfile.mkdtemp(dir=work_dir, prefix="unzip-"))
         try:
-            files, problems = safe_extract(zip_path, tmp)
+            files, problems = safe_extract(zip_path, tmp, budget)
             report = ImportReport(problems=[f"{zip_path.name}: {p}" for p in problems])
             yamls = sorted(f for f in files if f.name in ("data.yaml", "data.yml"))
             jsons = sorted(f for f in files if f.suffix == ".json")
@@ -287,10 +306,13 @@ class Dataset:
         data_yaml = Path(data_yaml)
         report = ImportReport()
         try:
-            spec = yaml.safe_load(data_yaml.read_text()) or {}
+            spec = read_yaml_file(data_yaml, label=data_yaml.name) or {}
+            if not isinstance(spec, dict):
+                raise LabelError("expected keys names, train and val")
             names = parse_names(spec.get("names"))
-        except (yaml.YAMLError, LabelError) as e:
-            report.problems.append(f"{data_yaml.name}: {e}")
+        except ValueError as e:  # LabelError, or the YAML limits (alias bombs, size)
+            report.problems.append(str(e) if str(e).startswith(data_yaml.name)
+                                   else f"{data_yaml.name}: {e}")
             return report
         remap = self._merge_classes(names)
         base = data_yaml.parent
@@ -321,7 +343,7 @@ class Dataset:
         report = ImportReport()
         try:
             names, coco_images, problems = parse_coco(json.loads(Path(json_path).read_text()))
-        except (json.JSONDecodeError, LabelError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             report.problems.append(f"{Path(json_path).name}: {e}")
             return report
         report.problems += problems
@@ -364,9 +386,19 @@ class Dataset:
         boxes = None
         if label is not None and label.exists():
             try:
-                boxes = parse_yolo(label.read_text(), n_classes, w, h)
-            except LabelError as e:
-                report.problems.append(f"{label.name}: {e}; image imported unlabelled")
+                text = label.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError) as e:
+                report.problems.append(f"{label.name}: not a text label file ({e}); image "
+                                       "imported unlabelled")
+            else:
+                boxes, bad_rows = parse_yolo_rows(text, n_classes, w, h)
+                if bad_rows and not boxes:  # nothing usable: leave it for the user to label
+                    boxes = None
+                    report.problems += [f"{label.name}: {p}; image imported unlabelled"
+                                        for p in bad_rows]
+                else:
+                    report.problems += [f"{label.name}: {p}; row skipped, the good rows kept"
+                                        for p in bad_rows]
         name = self.add_image(img)
         report.added.append(name)
         if boxes is not None:

@@ -1,26 +1,59 @@
 """Detection with a trained model: images, video files and webcam frames; pre-labelling.
 
-A ``.pt`` file is a pickle and can run code when loaded, so one uploaded from the browser is
-refused unless the user says they trust it; ONNX files carry no code and load freely. Models
-trained in this studio (their run folders) are trusted: we wrote them.
+A ``.pt`` file is a pickle and can run code when loaded. Every Ultralytics load in the studio
+runs restricted (``torch.load(weights_only=True)`` with Ultralytics' allow-list of model classes,
+and model YAMLs built without ``eval``), so a real checkpoint loads and a booby-trapped one is
+refused before it runs; only a file the user explicitly trusts is loaded unrestricted. ONNX files
+carry no code and load freely.
 """
 
 from __future__ import annotations
 
+import pickle
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from studio.safety import MAX_PATH_CHARS, UnsafeModelFile, is_pickle_file, read_yaml_file
 from tabs.yolo.formats import Box
 
 SAFE_SUFFIXES = {".onnx"}
 PICKLE_SUFFIXES = {".pt", ".pth"}
+YAML_SUFFIXES = {".yaml", ".yml"}
+__all__ = ["UnsafeModelFile"]
+
+_LOAD_LOCK = threading.RLock()
 
 
-class UnsafeModelFile(ValueError):
-    """A pickle-based model file the user has not opted in to load."""
+@contextmanager
+def ultralytics_loading(trusted: bool = False):
+    """Ultralytics loads inside this block are restricted unless `trusted` (its process-wide
+    flag is flipped under a lock, so a trusted load never unlocks another thread's)."""
+    import ultralytics.nn.tasks as tasks
+
+    with _LOAD_LOCK:
+        old = tasks.SAFE_LOAD
+        tasks.SAFE_LOAD = not trusted
+        try:
+            yield
+        finally:
+            tasks.SAFE_LOAD = old
+
+
+def restricted_loadable(path: Path) -> bool:
+    """Whether Ultralytics' restricted loader accepts the checkpoint (nothing in it runs)."""
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        torch_safe_load(str(path), safe_only=True)
+        return True
+    except (TypeError, pickle.UnpicklingError, ModuleNotFoundError, RuntimeError, EOFError,
+            AttributeError, ValueError):
+        return False
 
 
 @dataclass
@@ -42,18 +75,42 @@ ROW_HEADERS = ["class", "confidence", "x1", "y1", "x2", "y2"]
 
 
 def check_model_file(path: Path, trusted: bool) -> Path:
-    """Refuse pickles unless `trusted`; refuse anything that is not a model file."""
+    """A YOLO model file that is safe to hand to Ultralytics: .onnx/.engine, a model YAML
+    (size and alias limits), or a .pt the restricted loader accepts; any other pickle only when
+    `trusted`."""
+    if len(str(path)) > MAX_PATH_CHARS:
+        raise ValueError(f"Model: {len(str(path))} characters is not a model path")
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES and not trusted:
-        raise UnsafeModelFile(
-            f"{path.name} is a PyTorch pickle: loading it can run any code it contains. Export it "
-            "to ONNX where it came from, or tick 'I trust this .pt file' if you made it yourself.")
-    if suffix not in SAFE_SUFFIXES | PICKLE_SUFFIXES | {".engine"}:
-        raise ValueError(f"{path.name}: not a YOLO model file (.onnx, .pt or .engine)")
-    if not path.exists():
+    if suffix not in SAFE_SUFFIXES | PICKLE_SUFFIXES | YAML_SUFFIXES | {".engine"}:
+        raise ValueError(f"{path.name}: not a YOLO model file (.onnx, .pt, .engine or .yaml)")
+    if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    if suffix in YAML_SUFFIXES:
+        read_yaml_file(path, label=f"Model {path.name}")
+    elif (suffix in PICKLE_SUFFIXES or is_pickle_file(path)) and not trusted \
+            and not restricted_loadable(path):
+        raise UnsafeModelFile(
+            f"{path.name} is a PyTorch pickle with more than a plain YOLO checkpoint in it: "
+            "loading it can run any code it contains. Export it to ONNX where it came from, or "
+            "tick 'I trust this file' if you made it yourself.")
     return path
+
+
+def check_train_model(value: str, trusted: bool) -> str:
+    """The Train tab's Model field: a bundled name (built from Ultralytics' YAML, or its
+    official COCO weights), or a local file checked by `check_model_file`."""
+    from tabs.yolo.config import MODEL_CHOICES
+
+    text = (value or "").strip()
+    if text in MODEL_CHOICES:
+        return text
+    if len(text) > MAX_PATH_CHARS:
+        raise ValueError(f"Model: {len(text)} characters is not a model name or path")
+    if not text or not Path(text).exists():
+        raise ValueError(f"Model: {text[:200]!r} is neither one of {', '.join(MODEL_CHOICES)} "
+                         "nor an existing .pt/.yaml file")
+    return str(check_model_file(Path(text), trusted))
 
 
 def trained_models(runs: list[Any]) -> list[tuple[str, str]]:
@@ -70,12 +127,13 @@ def trained_models(runs: list[Any]) -> list[tuple[str, str]]:
     return out
 
 
-def load_model(path: Path, device: str) -> Any:
+def load_model(path: Path, device: str, trusted: bool = False) -> Any:
     """An Ultralytics model for `path`; .pt weights move to `device`, ONNX picks its provider at
-    predict time."""
+    predict time. Restricted loading unless `trusted`."""
     from ultralytics import YOLO
 
-    model = YOLO(str(path), task="detect")
+    with ultralytics_loading(trusted):
+        model = YOLO(str(path), task="detect")
     if Path(path).suffix.lower() in PICKLE_SUFFIXES:
         model.to("cuda:0" if device == "cuda" else "cpu")
     return model

@@ -7,12 +7,19 @@ centre/size per image; COCO stores pixel ``[x, y, w, h]`` with category ids. Eve
 
 from __future__ import annotations
 
-import zipfile
+import math
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from studio.safety import DEFAULT_EXTRACT_BUDGET
+from studio.safety import safe_extract as _safe_extract
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+MAX_CLASSES = 1000
+MAX_CLASS_CHARS = 100
 
 
 class LabelError(ValueError):
@@ -44,29 +51,50 @@ class Box:
 
 def parse_yolo(text: str, n_classes: int, width: int, height: int) -> list[Box]:
     """YOLO lines ``cls cx cy w h`` (normalised) to pixel boxes. Raises LabelError with line no."""
-    boxes = []
-    for n, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 5:
-            raise LabelError(f"line {n}: expected 5 numbers 'class cx cy w h', got {len(parts)}")
-        try:
-            cls = int(parts[0])
-            cx, cy, w, h = (float(p) for p in parts[1:])
-        except ValueError:
-            raise LabelError(f"line {n}: not numbers: {line.strip()!r}") from None
-        if not 0 <= cls < n_classes:
-            raise LabelError(f"line {n}: class {cls} out of range (the dataset has "
-                             f"{n_classes} classes: 0..{n_classes - 1})")
-        if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)) or w <= 0 or h <= 0:
-            raise LabelError(f"line {n}: coordinates must be normalised to 0..1 with w, h > 0: "
-                             f"{line.strip()!r}")
-        if cx - w / 2 < -1e-3 or cy - h / 2 < -1e-3 or cx + w / 2 > 1.001 or cy + h / 2 > 1.001:
-            raise LabelError(f"line {n}: box reaches outside the image: {line.strip()!r}")
-        boxes.append(Box(cls, (cx - w / 2) * width, (cy - h / 2) * height,
-                         (cx + w / 2) * width, (cy + h / 2) * height).clipped(width, height))
+    boxes, problems = parse_yolo_rows(text, n_classes, width, height)
+    if problems:
+        raise LabelError(problems[0])
     return boxes
+
+
+def parse_yolo_rows(text: str, n_classes: int, width: int, height: int
+                    ) -> tuple[list[Box], list[str]]:
+    """Like `parse_yolo`, but every good row is kept and every bad row reported:
+    (boxes, ["line N: why", ...])."""
+    boxes, problems = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            box = _yolo_row(n, line, n_classes, width, height)
+        except LabelError as e:
+            problems.append(str(e))
+            continue
+        if box is not None:
+            boxes.append(box)
+    return boxes, problems
+
+
+def _yolo_row(n: int, line: str, n_classes: int, width: int, height: int) -> Box | None:
+    parts = line.split()
+    if not parts:
+        return None
+    shown = line.strip()[:80]
+    if len(parts) != 5:
+        raise LabelError(f"line {n}: expected 5 numbers 'class cx cy w h', got {len(parts)}")
+    try:
+        cls = int(parts[0])
+        cx, cy, w, h = (float(p) for p in parts[1:])
+    except ValueError:
+        raise LabelError(f"line {n}: not numbers: {shown!r}") from None
+    if not 0 <= cls < n_classes:
+        raise LabelError(f"line {n}: class {cls} out of range (the dataset has "
+                         f"{n_classes} classes: 0..{n_classes - 1})")
+    if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)) or w <= 0 or h <= 0:  # NaN fails too
+        raise LabelError(f"line {n}: coordinates must be normalised to 0..1 with w, h > 0: "
+                         f"{shown!r}")
+    if cx - w / 2 < -1e-3 or cy - h / 2 < -1e-3 or cx + w / 2 > 1.001 or cy + h / 2 > 1.001:
+        raise LabelError(f"line {n}: box reaches outside the image: {shown!r}")
+    return Box(cls, (cx - w / 2) * width, (cy - h / 2) * height,
+               (cx + w / 2) * width, (cy + h / 2) * height).clipped(width, height)
 
 
 def to_yolo(boxes: list[Box], width: int, height: int) -> str:
@@ -98,14 +126,24 @@ def parse_coco(data: dict[str, Any]) -> tuple[list[str], list[CocoImage], list[s
     """
     if not isinstance(data, dict) or "images" not in data or "categories" not in data:
         raise LabelError("not a COCO detection file: needs 'images', 'annotations', 'categories'")
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    index = {c["id"]: i for i, c in enumerate(cats)}
-    names = [str(c["name"]) for c in cats]
+    try:
+        cats = sorted(data["categories"], key=lambda c: int(c["id"]))
+        index = {c["id"]: i for i, c in enumerate(cats)}
+        names = parse_names([c["name"] for c in cats])
+    except (TypeError, ValueError, KeyError) as e:
+        raise LabelError(f"COCO categories need an integer id and a name each ({e})") from None
     images = {}
-    for im in data["images"]:
-        images[im["id"]] = CocoImage(str(im["file_name"]), int(im["width"]), int(im["height"]),
-                                     [])
     problems = []
+    for n, im in enumerate(data["images"] if isinstance(data["images"], list) else []):
+        try:
+            ci = CocoImage(str(im["file_name"]), int(im["width"]), int(im["height"]), [])
+            if ci.width <= 0 or ci.height <= 0:
+                raise ValueError(f"size {ci.width}x{ci.height}")
+        except (TypeError, ValueError, KeyError) as e:
+            problems.append(f"COCO image entry {n}: needs file_name and a positive width and "
+                            f"height ({e}); skipped")
+            continue
+        images[im["id"]] = ci
     for ann in data.get("annotations", []):
         im = images.get(ann.get("image_id"))
         if im is None:
@@ -115,8 +153,14 @@ def parse_coco(data: dict[str, Any]) -> tuple[list[str], list[CocoImage], list[s
             problems.append(f"{im.file_name}: annotation {ann.get('id')}: category id "
                             f"{ann.get('category_id')} is not in 'categories'")
             continue
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        if w <= 0 or h <= 0 or x < -1 or y < -1 or x + w > im.width + 1 or y + h > im.height + 1:
+        try:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+        except (TypeError, ValueError, KeyError):
+            problems.append(f"{im.file_name}: annotation {ann.get('id')}: bbox must be 4 "
+                            "numbers [x, y, width, height]")
+            continue
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0 or x < -1 \
+                or y < -1 or x + w > im.width + 1 or y + h > im.height + 1:
             problems.append(f"{im.file_name}: annotation {ann.get('id')}: bbox {ann['bbox']} is "
                             f"outside the {im.width}x{im.height} image")
             continue
@@ -146,47 +190,32 @@ def to_coco(names: list[str], images: list[CocoImage]) -> dict[str, Any]:
 def parse_names(names: Any) -> list[str]:
     """data.yaml ``names`` as a list or an ``{index: name}`` mapping, to a list."""
     if isinstance(names, dict):
-        keys = sorted(int(k) for k in names)
+        try:
+            keys = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise LabelError("data.yaml names must be numbered 0..n-1") from None
         if keys != list(range(len(keys))):
-            raise LabelError(f"data.yaml names must be numbered 0..n-1, got {keys}")
-        return [str(names[k] if k in names else names[str(k)]) for k in keys]
-    if isinstance(names, list):
-        return [str(n) for n in names]
-    raise LabelError("data.yaml has no 'names' list")
+            raise LabelError(f"data.yaml names must be numbered 0..n-1, got {keys[:20]}")
+        out = [names[k] if k in names else names[str(k)] for k in keys]
+    elif isinstance(names, list):
+        out = names
+    else:
+        raise LabelError("data.yaml has no 'names' list")
+    if len(out) > MAX_CLASSES:
+        raise LabelError(f"data.yaml has {len(out)} class names; at most {MAX_CLASSES}")
+    bad = [i for i, n in enumerate(out) if not isinstance(n, (str, int, float))
+           or len(str(n)) > MAX_CLASS_CHARS]
+    if bad:
+        raise LabelError(f"data.yaml class {bad[0]}: a class name is a short text (at most "
+                         f"{MAX_CLASS_CHARS} characters)")
+    return [str(n) for n in out]
 
 
-def safe_extract(zip_path: Path, dest: Path, max_bytes: int = 8 << 30) -> tuple[list[Path],
-                                                                                   list[str]]:
-    """Extract a zip into `dest`, skipping entries that would land outside it (zip-slip),
-    links, and anything past `max_bytes` in total. Returns (extracted files, problems)."""
-    dest = Path(dest).resolve()
-    dest.mkdir(parents=True, exist_ok=True)
-    files, problems = [], []
-    total = 0
+def safe_extract(zip_path: Path, dest: Path, max_bytes: int = DEFAULT_EXTRACT_BUDGET
+                 ) -> tuple[list[Path], list[str]]:
+    """Extract a zip into `dest` (studio.safety.safe_extract: zip-slip and links skipped, bombs
+    refused by declared and actual size). A refused archive is one problem, nothing kept."""
     try:
-        zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
-        return [], [f"{Path(zip_path).name}: not a valid zip file"]
-    with zf:
-        for info in zf.infolist():
-            name = info.filename
-            if info.is_dir():
-                continue
-            pure = PurePosixPath(name.replace("\\", "/"))
-            target = (dest / pure).resolve()
-            if pure.is_absolute() or ".." in pure.parts or not target.is_relative_to(dest):
-                problems.append(f"{name}: skipped, the path escapes the upload folder")
-                continue
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                problems.append(f"{name}: skipped, symbolic links are not extracted")
-                continue
-            total += info.file_size
-            if total > max_bytes:
-                problems.append(f"{name}: skipped, the archive is larger than allowed")
-                break
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                while block := src.read(1 << 20):
-                    out.write(block)
-            files.append(target)
-    return files, problems
+        return _safe_extract(zip_path, dest, budget=max_bytes)
+    except ValueError as e:
+        return [], [str(e)]

@@ -13,9 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from studio.safety import trust_token
 from tabs.yolo.config import TrainConfig
 from tabs.yolo.dataset import Dataset, DatasetStore
-from tabs.yolo.detect import check_model_file, load_model, trained_models
+from tabs.yolo.detect import check_model_file, check_train_model, load_model, trained_models
 from tabs.yolo.export import BenchRow, benchmark, export_all
 from tabs.yolo.train import configure_ultralytics
 
@@ -57,7 +58,16 @@ class YoloService:
         return dest / "data.yaml", digest
 
     # ----- training ---------------------------------------------------------------------------
-    def start_training(self, dataset_name: str, cfg: TrainConfig) -> str:
+    def start_training(self, dataset_name: str, cfg: TrainConfig,
+                       trust_model: bool = False) -> str:
+        """Check the model file and settings, freeze the dataset, queue the job. `trust_model`
+        is the user's "I trust this file" for a local .pt; the job gets that file's sha256, so
+        the trust covers exactly those bytes."""
+        trusted = bool(trust_model) or self.is_trusted(Path(cfg.model))
+        cfg.model = check_train_model(cfg.model, trusted)
+        cfg.trusted_model = trust_token(cfg.model) if trusted and Path(cfg.model).is_file() \
+            else ""
+        cfg.check_fields()  # settings first: nothing is frozen or queued for a bad value
         ds = self.dataset(dataset_name)
         data_yaml, digest = self.snapshot(ds)
         cfg.data = str(data_yaml)
@@ -128,14 +138,14 @@ class YoloService:
         from studio.models import ModelSpec
 
         p = Path(path)
-        check_model_file(p, trusted=trust_pickle or self.is_trusted(p))
-        key = f"yolo:{p.resolve()}"
-        if not self.studio.models.is_registered(key):
-            device = self.studio.device
-            self.studio.models.register(ModelSpec(
-                key=key, title=f"YOLO {p.name}", load=lambda dev: load_model(p, device),
-                estimate=3 * p.stat().st_size, reserve=256 << 20))
-        return key
+        trusted = bool(trust_pickle) or self.is_trusted(p)
+        check_model_file(p, trusted=trusted)
+        key = f"yolo:{p.resolve()}" + (":trusted" if trusted else "")
+        device = self.studio.device
+        return self.studio.models.ensure(key, lambda: ModelSpec(
+            key=key, title=f"YOLO {p.name}",
+            load=lambda dev: load_model(p, device, trusted=trusted),
+            estimate=3 * p.stat().st_size, reserve=256 << 20))
 
 
 def _num(s: str) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -35,9 +36,19 @@ def configure_ultralytics(cache_dir: Path, offline: bool) -> None:
     and no network when offline. Must run before the first ``import ultralytics``."""
     os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir / "ultralytics"))
     os.environ["YOLO_AUTOINSTALL"] = "false"  # a job never pip-installs behind the user's back
+    # Restricted loading everywhere: weights_only=True checkpoints, model YAMLs without eval.
+    # Only a file the user trusts is loaded unrestricted (tabs.yolo.detect.ultralytics_loading).
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
+    if "ultralytics.nn.tasks" in sys.modules:
+        sys.modules["ultralytics.nn.tasks"].SAFE_LOAD = True
     if offline:
         os.environ["YOLO_OFFLINE"] = "1"
-        offline_fonts()
+    # Online or not: no usage analytics ("sync") and no font fetched from GitHub.
+    offline_fonts()
+    from ultralytics.utils import SETTINGS
+
+    if SETTINGS.get("sync"):
+        SETTINGS.update(sync=False)
 
 
 def offline_fonts() -> None:
@@ -112,8 +123,11 @@ class ReportCallbacks:
     def on_train_batch_end(self, trainer: Any) -> None:
         self._batch += 1
         self.images_seen += int(trainer.batch_size)
-        if self.report.should_stop():
+        if self.report.should_stop() and not trainer.stop:
             trainer.stop = True  # Ultralytics checks this after every batch
+            # it then validates, saves and plots: the grace period counts from here, and is
+            # long enough for that on a CPU
+            self.report.stopping(grace_s=180)
         now = time.monotonic()
         if now - self._last_progress >= self.every:
             self._last_progress = now
@@ -201,8 +215,23 @@ def run(config: dict[str, Any], report: Any) -> None:
 
     from ultralytics import YOLO
 
+    from studio.safety import file_digest
+    from tabs.yolo.detect import check_train_model, ultralytics_loading
+
+    trusted = (bool(cfg.trusted_model) and Path(cfg.model).is_file()
+               and file_digest(Path(cfg.model)) == cfg.trusted_model)
+    model_src = check_train_model(cfg.model, trusted)  # before Ultralytics ever sees the path
     hooks = ReportCallbacks(report)
     resume_from = report.last_checkpoint()
+    with ultralytics_loading(trusted):
+        results, model = _train(cfg, report, hooks, resume_from, model_src, run_dir, device, YOLO)
+    save_dir = Path(model.trainer.save_dir)
+    summary = finish(save_dir, hooks, results, report)
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+
+
+def _train(cfg: TrainConfig, report: Any, hooks: ReportCallbacks, resume_from: Any,
+           model_src: str, run_dir: Path, device: str, YOLO: Any) -> tuple[Any, Any]:  # noqa: N803
     if resume_from is not None:
         path, epoch = resume_from
         report.log(f"resuming from {path.name} after epoch {epoch}")
@@ -210,7 +239,7 @@ def run(config: dict[str, Any], report: Any) -> None:
         hooks.register(model)
         results = model.train(resume=str(path), device=device, workers=cfg.workers)
     else:
-        model = YOLO(cfg.model)
+        model = YOLO(model_src)
         hooks.register(model)
         args = cfg.ultralytics_args()
         args.update(data=cfg.data, project=str(run_dir), name="train", exist_ok=True,
@@ -218,9 +247,7 @@ def run(config: dict[str, Any], report: Any) -> None:
         if device == "cpu":
             args["amp"] = False  # AMP is a CUDA feature; its check would also try a download
         results = model.train(**args)
-    save_dir = Path(model.trainer.save_dir)
-    summary = finish(save_dir, hooks, results, report)
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    return results, model
 
 
 def finish(save_dir: Path, hooks: ReportCallbacks, results: Any, report: Any) -> dict[str, Any]:

@@ -15,8 +15,9 @@ from typing import Any
 
 import gradio as gr
 
+from studio.ui.errors import friendly
 from tabs.yolo.config import MODEL_CHOICES, TrainConfig
-from tabs.yolo.detect import ROW_HEADERS, UnsafeModelFile, detect_image, detect_video, prelabel
+from tabs.yolo.detect import ROW_HEADERS, detect_image, detect_video, prelabel
 from tabs.yolo.export import TABLE_HEADERS, table_rows
 from tabs.yolo.formats import Box
 from tabs.yolo.service import YoloService, get_service
@@ -36,18 +37,7 @@ if (!window.__yoloKeys) {
 """
 
 
-def _err(fn):
-    """Turn logic errors into a clear gr.Error instead of a crash."""
-    def wrapped(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (ValueError, KeyError, UnsafeModelFile) as e:
-            raise gr.Error(str(e.args[0] if e.args else e)) from None
-    wrapped.__name__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
-    return wrapped
+_err = friendly  # the studio's one handler wrapper: bad input -> a message, never bare "Error"
 
 
 def _classes_from_text(text: str) -> list[str]:
@@ -76,17 +66,30 @@ def _boxes_from_dicts(svc: YoloService, name: str, items: list[dict[str, Any]]) 
     """Annotator or API boxes (label name or cls index, pixel corners) to dataset boxes."""
     ds = svc.dataset(name)
     out = []
-    for d in items:
+    for i, d in enumerate(items, 1):
+        if not isinstance(d, dict):
+            raise ValueError(f"box {i}: each box is an object with xmin, ymin, xmax, ymax and "
+                             "label (or cls)")
+        try:
+            corners = [float(d[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except KeyError as e:
+            raise ValueError(f"box {i}: missing {e.args[0]} (need xmin, ymin, xmax, ymax)") \
+                from None
+        except (TypeError, ValueError):
+            raise ValueError(f"box {i}: xmin, ymin, xmax and ymax must be numbers") from None
         if d.get("label"):
             cls = ds.class_index(str(d["label"]))  # a new name becomes a new class
         elif "cls" in d:
-            cls = int(d["cls"])
+            try:
+                cls = int(d["cls"])
+            except (TypeError, ValueError):
+                raise ValueError(f"box {i}: cls must be a class number") from None
         else:
             if not ds.classes:
                 raise ValueError("add at least one class before drawing boxes")
             cls = 0
-        x1, x2 = sorted((float(d["xmin"]), float(d["xmax"])))
-        y1, y2 = sorted((float(d["ymin"]), float(d["ymax"])))
+        x1, x2 = sorted((corners[0], corners[2]))
+        y1, y2 = sorted((corners[1], corners[3]))
         out.append(Box(cls, x1, y1, x2, y2))
     return out
 
@@ -347,6 +350,9 @@ def _train_tab(studio: Any, svc: YoloService, job_panel: Any) -> None:
         mosaic = gr.Slider(0, 1, value=d.mosaic, step=0.05, label=meta["mosaic"]["label"])
         fliplr = gr.Slider(0, 1, value=d.fliplr, step=0.05, label=meta["fliplr"]["label"])
         hsv = gr.Checkbox(d.hsv, label=meta["hsv"]["label"])
+        trust_model = gr.Checkbox(False, label="I trust this model file",
+                                  info="a .pt from elsewhere is a pickle and can run code; "
+                                  "untrusted ones load only if they hold a plain checkpoint")
     start = gr.Button("Start training", variant="primary")
     panel = job_panel(studio, kind="yolo", plot_keys=("box_loss", "cls_loss", "mAP50",
                                                       "mAP50_95"))
@@ -357,12 +363,14 @@ def _train_tab(studio: Any, svc: YoloService, job_panel: Any) -> None:
                              height=420)
 
     @_err
-    def start_training(ds, model_, ep, sz, b, pat, sd, amp_, mos, flip, hsv_):
-        cfg = TrainConfig(model=(model_ or "").strip() or d.model, epochs=int(ep), imgsz=int(sz),
-                          batch=int(b or 0), patience=int(pat), seed=int(sd), amp=bool(amp_),
-                          mosaic=float(mos), fliplr=float(flip), hsv=bool(hsv_),
+    def start_training(ds, model_, ep, sz, b, pat, sd, amp_, mos, flip, hsv_, trust_=False):
+        _c = TrainConfig.coerce  # a bad number names its field
+        cfg = TrainConfig(model=(model_ or "").strip() or d.model, epochs=_c("epochs", ep),
+                          imgsz=_c("imgsz", sz), batch=_c("batch", b or 0),
+                          patience=_c("patience", pat), seed=_c("seed", sd), amp=bool(amp_),
+                          mosaic=_c("mosaic", mos), fliplr=_c("fliplr", flip), hsv=bool(hsv_),
                           data="pending")
-        run_id = svc.start_training(ds, cfg)
+        run_id = svc.start_training(ds, cfg, trust_model=bool(trust_))
         return panel.select(run_id, studio)
 
     @_err
@@ -377,7 +385,8 @@ def _train_tab(studio: Any, svc: YoloService, job_panel: Any) -> None:
     dataset.focus(lambda: gr.update(choices=svc.store.names()), outputs=[dataset],
                   api_visibility="private", queue=False)
     start.click(start_training, [dataset, model, epochs, imgsz, batch, patience, seed, amp,
-                                 mosaic, fliplr, hsv], [panel.run_picker], api_name="yolo_train")
+                                 mosaic, fliplr, hsv, trust_model], [panel.run_picker],
+                api_name="yolo_train")
     show.click(results, [panel.run_picker], [table, gallery], api_name="yolo_results")
 
 
@@ -419,7 +428,8 @@ def _detect_tab(studio: Any, svc: YoloService) -> None:
                             allow_custom_value=True)
         upload = gr.File(label="…or upload a model (.onnx, or .pt if you trust it)",
                          file_types=[".onnx", ".pt"], scale=2)
-        trust = gr.Checkbox(label="I trust this .pt file (pickles can run code)", value=False)
+        trust = gr.Checkbox(label="I trust this file (a .pt is a pickle and can run code)",
+                            value=False)
     with gr.Row():
         conf = gr.Slider(0.01, 0.99, value=0.25, step=0.01, label="Confidence")
         iou = gr.Slider(0.05, 0.95, value=0.7, step=0.05, label="IoU (NMS)")

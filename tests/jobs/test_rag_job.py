@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tabs.rag.config import KIND, IngestLimits
 from tabs.rag.service import get_service
+from tests.conftest import wait_for
 
 
 def test_folder_ingest_as_a_job_reports_progress_and_lands_in_the_index(studio):
@@ -23,9 +26,9 @@ def test_folder_ingest_as_a_job_reports_progress_and_lands_in_the_index(studio):
     assert view.kind == KIND and view.total == 8 and view.done == 8, "progress in chunks"
     assert view.metrics and view.metrics[-1]["chunks_per_s"] > 0
     assert "skipped journal/scan.png: binary" in view.log_tail
-    applied = svc.sync_jobs()
-    assert [r.run_id for r in applied] == [res.run_id]
-    assert svc.sync_jobs() == [], "a job's result is stored once"
+    # stored by the service's own thread when the job ends, without any request asking
+    wait_for(lambda: (Path(view.run_dir) / "ingest" / "applied.json").exists(), timeout=60)
+    assert svc.sync_jobs() == [] and svc.pending_jobs() == [], "a job's result is stored once"
     rows = {r[0]: r for r in svc.source_rows("journal")}
     assert sum(1 for r in rows.values() if r[2] == "indexed") == 8
     assert rows["journal/scan.png"][2] == "skipped"

@@ -49,3 +49,53 @@ def stubborn(config, report):
     (report.run_dir / "pid.txt").write_text(str(os.getpid()))
     while True:
         time.sleep(0.05)
+
+
+def with_child(config, report):
+    """Starts a helper process in its own group (as a DataLoader worker is) that notes any
+    SIGTERM; on cancel it checks the helper was left alone, then ends it as a framework
+    would."""
+    import subprocess
+    import sys
+
+    flag = report.run_dir / "child_got_sigterm"
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import signal, time, pathlib, sys\n"
+                              f"p = pathlib.Path({str(flag)!r})\n"
+                              "signal.signal(signal.SIGTERM, lambda *a: (p.write_text('1'), "
+                              "sys.exit(0)))\n"
+                              "time.sleep(120)\n"])
+    while not report.should_stop():
+        report.progress(1, 2)
+        time.sleep(0.05)
+    time.sleep(0.3)  # a group signal would have reached it by now
+    (report.run_dir / "child_alive_at_stop").write_text(str(child.poll() is None and
+                                                            not flag.exists()))
+    child.kill()
+    child.wait()
+
+
+def slow_poller(config, report):
+    """Looks at should_stop only every `poll` seconds, then takes `save` seconds to save."""
+    while not report.should_stop():
+        time.sleep(config["poll"])
+    if config.get("ask_grace"):
+        report.stopping(grace_s=config["ask_grace"])
+    time.sleep(config["save"])
+    (report.run_dir / "saved.txt").write_text("ok")
+
+
+def slow_start(config, report):
+    """A long model load before the training loop ever asks should_stop()."""
+    (report.run_dir / "loading").write_text("1")
+    time.sleep(60)
+    while not report.should_stop():
+        time.sleep(0.05)
+
+
+def crash_while_saving(config, report):
+    while not report.should_stop():
+        report.progress(1, 2)
+        time.sleep(0.05)
+    (report.run_dir / "half.bin").write_bytes(b"\0" * 10)
+    os.kill(os.getpid(), signal.SIGKILL)  # dies in the middle of its final save

@@ -4,6 +4,7 @@ and the test environment is the locked one."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -136,3 +137,17 @@ def test_launch_doctor_and_our_own_startup_banner(tmp_path):
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_the_readme_commands_and_ci_install_only_from_the_lock():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quickstart")[1].split("\n## ")[0]
+    blocks = re.findall(r"```bash\n(.*?)\n```", quick, re.S)
+    assert blocks == ["./studio.sh", "bash tests/run.sh"], blocks
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash tests/run.sh" in ci and "pip install" not in ci
+    run = (ROOT / "tests" / "run.sh").read_text()
+    assert "./studio.sh --install-only" in run and "pip install -q -e" not in run
+    setup = (ROOT / "studio.sh").read_text()
+    assert "pip install -q -r requirements.lock" in setup
+    assert "pip install -q --no-deps -e ." in setup  # the project itself adds no versions

@@ -36,15 +36,15 @@ def test_reply_streams_into_the_chatbot_with_stats(studio, model_folder):
 
 
 def test_stop_button_flag_stops_that_session_only(studio, model_folder):
-    flags = service.stop_flags(studio)
-    mine, other = flags.fresh("a"), flags.fresh("b")
+    flags = studio.stops
     cfg = ChatConfig(source=PATH, path=str(model_folder),
                      settings=GenerationSettings(temperature=0, max_new_tokens=300))
     n, last = 0, ""
-    for _shown, last in service.stream_reply(studio, cfg, [], "Go on", mine):  # noqa: B007
-        n += 1
-        if n == 3:
-            assert flags.stop("a")
+    with flags.running("chat", "a") as mine, flags.running("chat", "b") as other:
+        for _shown, last in service.stream_reply(studio, cfg, [], "Go on", mine):  # noqa: B007
+            n += 1
+            if n == 3:
+                assert flags.stop("chat", "a")
     assert "stopped" in last and not other.is_set()
     assert n < 10
 
@@ -96,13 +96,20 @@ def test_chat_tab_logic_has_no_gradio():
 
 
 def test_stop_flags_are_thread_safe():
-    flags = service.StopFlags()
+    from contextlib import ExitStack
+
+    from studio.sessions import StopFlags
+
+    flags = StopFlags()
     events = []
-    threads = [threading.Thread(target=lambda i=i: events.append(flags.fresh(f"s{i}")))
-               for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(flags.stop(f"s{i}") for i in range(20)) and all(e.is_set() for e in events)
-    assert not flags.stop("nobody")
+    with ExitStack() as stack:
+        threads = [threading.Thread(target=lambda i=i: events.append(
+            stack.enter_context(flags.running("chat", f"s{i}")))) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(flags.stop("chat", f"s{i}") for i in range(20))
+        assert all(e.is_set() for e in events)
+        assert not flags.stop("chat", "nobody") and not flags.stop("chat", None)
+    assert not flags.stop("chat", "s0"), "a finished request leaves no flag behind"

@@ -352,9 +352,9 @@ def test_a_folder_of_small_notes_is_stored_in_one_chroma_write(rag):
         def __init__(self, inner):
             self.inner = inner
 
-        def add(self, **kw):
+        def upsert(self, **kw):
             adds.append(len(kw["ids"]))
-            return self.inner.add(**kw)
+            return self.inner.upsert(**kw)
 
         def __getattr__(self, name):
             return getattr(self.inner, name)

@@ -127,5 +127,5 @@ def test_epochs_become_steps_when_queued():
 
     assert steps_for_epochs(10, n_images=25, batch_size=2, grad_accumulation=2) == 63  # 250/4
     assert steps_for_epochs(1, n_images=3, batch_size=4, grad_accumulation=1) == 1
-    with pytest.raises(ValueError, match="epochs cannot be negative"):
+    with pytest.raises(ValueError, match="Epochs must be between 0 and"):
         SDTrainConfig(epochs=-1).validate()

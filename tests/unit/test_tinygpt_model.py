@@ -85,6 +85,21 @@ def test_learned_positions_refuse_to_go_past_the_context():
     tiny_model("rope", block_size=16)(torch.zeros(1, 32, dtype=torch.long))  # RoPE can
 
 
+def test_learned_positions_generate_past_the_context_by_cropping_it():
+    """200 new tokens from a 16-position model (the tab's default length used to fail): each
+    token past the context is the one the model picks from the last 16 tokens alone."""
+    model = tiny_model("learned", block_size=16)
+    prompt = torch.tensor([[1, 2, 3, 4, 5]])
+    for use_cache in (True, False):
+        out = generate(model, prompt, 200, temperature=0.0, use_cache=use_cache)
+        assert out.shape == (1, 205)
+        for t in (16, 40, 204):  # past the context: the last 16 tokens decide
+            logits, _ = model(out[:, t - 16:t], last_only=True)
+            assert out[0, t].item() == logits[0, -1].argmax().item()
+    with pytest.raises(ValueError, match="longer than the 16 positions"):
+        generate(model, torch.zeros(1, 17, dtype=torch.long), 4)
+
+
 def test_perplexity_is_exp_of_mean_nll_hand_checked():
     # Two tokens; the model gives the right one probability 1/2, then 1/4.
     # Mean NLL = (ln 2 + ln 4) / 2 = 1.5 ln 2, so perplexity = 2 ** 1.5 = 2.828...

@@ -77,6 +77,10 @@ def test_comparison_table_and_chart_from_runs(trained_run):
     assert best["pos"] == "rope" and best["steps"] == 200 and best["context"] == 48
     assert best["ppl_2x_ratio"] == pytest.approx(best["val_ppl_2x"] / best["val_ppl"], rel=1e-2)
     assert table.iloc[1]["val_ppl"] == pytest.approx(math.exp(3.0), rel=1e-3)
+    # one measurement per row, named: the finished run's loss is the log of its perplexity
+    assert best["val_loss"] == pytest.approx(math.log(best["val_ppl"]), abs=2e-3)
+    assert best["measured"].startswith("final")
+    assert table.iloc[1]["measured"] == "step 10: sampled batches"
     chart = chart_frame(table)
     assert set(chart["measure"]) == {"val ppl @ context", "val ppl @ 2x context"}
     assert len(chart) == 3  # the stopped run has no 2x measurement

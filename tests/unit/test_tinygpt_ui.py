@@ -78,3 +78,27 @@ def test_generate_without_a_run_is_an_error(client_and_studio):
     with pytest.raises(Exception, match="pick a trained run"):
         client.predict(run_id=None, prompt="x", max_new_tokens=5, temperature=0.0, top_k=0,
                        kv_cache="on", api_name="/tinygpt_generate")
+
+
+def test_cpu_defaults_finish_in_minutes_and_learned_positions_generate_200_tokens(
+        client_and_studio):
+    client, s = client_and_studio
+    info = client.view_api(return_format="dict", print_info=False)
+    params = {p["parameter_name"]: p.get("parameter_default")
+              for p in info["named_endpoints"]["/tinygpt_train"]["parameters"]}
+    from tabs.tinygpt.config import default_of
+
+    # what a CPU user starts with: at least 10x less work than the GPU-sized class defaults
+    work = params["max_steps"] * params["batch_size"] * params["block_size"]
+    gpu_work = default_of("max_steps") * default_of("batch_size") * default_of("block_size")
+    assert s.device == "cpu" and work * 10 <= gpu_work, params
+
+    picked = client.predict(**train_args(pos="learned", block_size=32, max_steps=20),
+                            api_name="/tinygpt_train")
+    run_id = picked["value"] if isinstance(picked, dict) else picked
+    v = s.jobs.wait(run_id, timeout=90)
+    assert v.status == "succeeded", v.error + v.log_tail
+    text, stats = client.predict(run_id=run_id, prompt="def ", max_new_tokens=200,
+                                 temperature=0.0, top_k=0, kv_cache="on",
+                                 api_name="/tinygpt_generate")
+    assert "200 tokens" in stats, stats

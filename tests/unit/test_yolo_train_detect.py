@@ -60,13 +60,24 @@ def test_job_reports_epoch_metrics_plots_and_makes_no_network_call(trained):
     assert any(e["type"] == "checkpoint" for e in events)
 
 
-def test_uploaded_pickle_is_refused_unless_trusted(tmp_path, trained):
+def test_a_real_checkpoint_loads_restricted_and_a_trapped_pickle_only_when_trusted(tmp_path,
+                                                                                  trained):
+    from tests.canary import write_canary_pickle
+
     run_dir, _ = trained
     upload = tmp_path / "model.pt"
     upload.write_bytes((run_dir / "train/weights/best.pt").read_bytes())
-    with pytest.raises(UnsafeModelFile, match="pickle"):
-        check_model_file(upload, trusted=False)
-    assert check_model_file(upload, trusted=True) == upload
+    # A plain YOLO checkpoint passes Ultralytics' weights_only loader: no tick needed.
+    assert check_model_file(upload, trusted=False) == upload
+    canary = tmp_path / "CANARY"
+    for torch_zip in (False, True):
+        evil = write_canary_pickle(tmp_path / f"yolov8n-{torch_zip}.pt", canary, torch_zip)
+        with pytest.raises(UnsafeModelFile, match="pickle"):
+            check_model_file(evil, trusted=False)
+        with pytest.raises(UnsafeModelFile):
+            train.run({"data": "x", "model": str(evil), "offline": True},
+                      Reporter(tmp_path / "runs" / f"evil-{torch_zip}"))
+    assert not canary.exists()
     with pytest.raises(ValueError, match="not a YOLO model file"):
         check_model_file(tmp_path / "x.txt", trusted=True)
 
