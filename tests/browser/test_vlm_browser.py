@@ -12,6 +12,7 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@pytest.mark.slow  # ~1 minute on 2 cores; CI runs it
 def test_picture_conversation_in_the_browser(tmp_path):
     from playwright.sync_api import sync_playwright
 

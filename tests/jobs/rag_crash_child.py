@@ -36,10 +36,13 @@ def open_kb(indexes_dir: Path):
 def ingest(kb, folder: Path):
     from tabs.rag import ingest as ing
 
-    ing.APPLY_DOCS = PER_BATCH
-    prep = ing.prepare(ing.gather(folder=folder), kb.known_hashes(),
-                       folder_prefix=f"{folder.name}/")
-    return ing.apply(kb, prep, ing.embed_prepared(prep, encode, group=4))
+    saved, ing.APPLY_DOCS = ing.APPLY_DOCS, PER_BATCH  # small writes, so there are steps
+    try:  # to crash between; restored, since the tests also call this in their own process
+        prep = ing.prepare(ing.gather(folder=folder), kb.known_hashes(),
+                           folder_prefix=f"{folder.name}/")
+        return ing.apply(kb, prep, ing.embed_prepared(prep, encode, group=4))
+    finally:
+        ing.APPLY_DOCS = saved
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tabs.qlora import service
 from tabs.qlora.config import QLoRAConfig
 from tabs.qlora.tiny import fact_records, make_tiny_base, write_jsonl
@@ -15,6 +17,7 @@ MAX_STEPS = 120
 
 
 
+@pytest.mark.slow  # ~1 minute on 2 cores; CI runs it
 def test_cancel_then_resume_continues_from_the_checkpoint(studio, tmp_path):
     base = make_tiny_base(tmp_path / "base")
     data = write_jsonl(fact_records("alpaca"), tmp_path / "facts.jsonl")

@@ -192,6 +192,7 @@ def test_history_from_the_chat_widget_becomes_plain_turns():
     assert plain_history(history, 1) == plain_history(history, 4)[-2:]
 
 
+@pytest.mark.slow  # ~1 minute on 2 cores; CI runs it
 def test_smollm2_streams_a_grounded_answer_citing_the_right_file(rag):
     _, svc, _ = rag
     svc.engine = None  # the profile's chat model: SmolLM2-135M-Instruct (GGUF)

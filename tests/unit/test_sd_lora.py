@@ -178,6 +178,7 @@ def load_keys(path):
         return list(f.keys())
 
 
+@pytest.mark.slow  # ~1 minute on 2 cores; CI runs it
 def test_resume_continues_from_the_checkpoint(trained, tiny, dataset, tmp_path):
     """A run stopped at step 3 and resumed ends where the uninterrupted run ended."""
     from studio.reporting import Reporter, read_events
