@@ -41,6 +41,22 @@ def loopback(ip: str) -> bool:
                                                  and a.ipv4_mapped.is_loopback)
 
 
+def _stop_tree(proc: subprocess.Popen, home: Path) -> None:
+    """Stop the studio, strace and any job the studio started (jobs have groups of their own,
+    so they are found by the home folder in their command line)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever did not stop in time
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    subprocess.run(["pkill", "-9", "-f", str(home)], capture_output=True)
+
+
 def parse_strace(path: Path) -> list[dict]:
     out = []
     if not path.exists():
@@ -172,7 +188,9 @@ def main(argv: list[str]) -> int:
                *cmd]
         method = "strace + audit hook"
     log = open(out / "studio.log", "w")
-    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
+    # its own process group: SIGTERM to strace alone would detach it and leave the studio running
+    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     results: dict[str, str] = {}
     try:
         deadline = time.monotonic() + 400
@@ -188,12 +206,7 @@ def main(argv: list[str]) -> int:
         results = actions(f"http://127.0.0.1:{port}/", home, out,
                           ("studio", password.group(1)) if password else None)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop_tree(proc, home)
         log.close()
     lookups = set()
     audited = []
