@@ -9,8 +9,29 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from gradio.context import Context
 
 from studio.ui import views
+
+
+def fill_on_load(selector: Any, choices_fn: Any, default_fn: Any = None) -> None:
+    """Page (re)load fills `selector` with the choices as they are now and selects one, so that no
+    action starts from an empty selector after a reload (the value a browser had is gone then).
+
+    `choices_fn()` returns a Dropdown's choices (values or (label, value) pairs); `default_fn()`, if
+    given, the value to select (kept only if it is among the choices); else the first choice.
+    Every tab's "after a reload the dropdown is empty" case uses this one helper."""
+
+    def fill():
+        choices = list(choices_fn())
+        values = [c[1] if isinstance(c, (tuple, list)) else c for c in choices]
+        value = default_fn() if default_fn is not None else None
+        if value not in values:
+            value = values[0] if values else None
+        return gr.update(choices=choices, value=value)
+
+    Context.root_block.load(fill, outputs=[selector], api_visibility="private",
+                            show_progress="hidden", queue=False)
 
 
 @dataclass

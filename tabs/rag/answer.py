@@ -3,8 +3,9 @@ citations ([1], [2]...) that point at the passages shown beside the chat.
 
 - Nothing relevant found: the answer is "I don't know from your notes." and the model is not
   asked (a small model would otherwise answer from its own memory).
-- A reply with no valid citation is attributed after the fact to the passage it shares most
-  words with, and says so (``attributed``); one that shares nothing gets no citation.
+- A reply with no valid citation has no citations: the passage it shares most words with is
+  offered as a *related passage* (``related``), shown apart from citations and never counted
+  as one in the evaluation (a wrong answer must not look sourced).
 - With tools on, the model may call ``search_notes(query)`` and ``read_source(path, start,
   end)``; passages found by its searches join the numbered list. A model whose template has no
   tool format (SmolLM2) gets a clear notice and a normal retrieved answer instead.
@@ -33,6 +34,10 @@ SYSTEM_TOOLS = (
     "passages, and read_source to read more lines of a file. Cite passages by their numbers in "
     f"square brackets, like [1]. If the notes do not contain the answer, reply exactly: {IDK}"
 )
+# The lines the tab writes under an answer (tabs.rag.ui): cut from the history the model sees.
+SOURCES_FOOTER = "\n\n**Sources:**"
+RELATED_FOOTER = "\n\n*No passage cited: check this answer.*"
+FOOTERS = (SOURCES_FOOTER, RELATED_FOOTER)
 _CITE = re.compile(r"\[(\d{1,2})\]")
 _LINKED = re.compile(r"\[\[(\d{1,2})\]\]\(#rag-src-\d+\)")
 _STOP = frozenset("the a an and or of to in on for is are was were be it this that with as by at "
@@ -45,7 +50,7 @@ class Answer:
     text: str
     hits: list[Hit]  # the numbered passages: hits[n-1] is [n]
     citations: list[int] = field(default_factory=list)  # the numbers the text cites
-    attributed: bool = False  # citation added after the fact, not written by the model
+    related: list[int] = field(default_factory=list)  # word-overlap matches, not citations
     idk: bool = False
     notices: list[str] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -54,7 +59,7 @@ class Answer:
         return [self.hits[n - 1] for n in self.citations if 0 < n <= len(self.hits)]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "citations": self.citations, "attributed": self.attributed,
+        return {"text": self.text, "citations": self.citations, "related": self.related,
                 "idk": self.idk, "notices": self.notices, "tool_calls": self.tool_calls,
                 "sources": [dict(h.as_dict(), n=i) for i, h in enumerate(self.hits, 1)]}
 
@@ -92,7 +97,10 @@ def plain_history(history: list[dict[str, Any]], turns: int) -> list[dict[str, s
             continue
         if (m.get("metadata") or {}).get("title"):  # tool-call panels shown in the chat
             continue
-        content = _LINKED.sub(r"[\1]", content).split("\n\n**Sources:**")[0].strip()
+        content = _LINKED.sub(r"[\1]", content)
+        for footer in FOOTERS:  # what the tab adds under an answer is not the model's text
+            content = content.split(footer)[0]
+        content = content.strip()
         if content:
             out.append({"role": role, "content": content})
     return out[-2 * turns:] if turns > 0 else []
@@ -136,8 +144,14 @@ def says_idk(text: str) -> bool:
     return "don't know from your notes" in low or "do not know from your notes" in low
 
 
+NOT_CITED = ("The answer cites no passage: check it against your notes. The passage that "
+             "shares the most words with it is shown as related, not as a source.")
+UNMATCHED = "The answer cites no passage and matches none: check it against your notes."
+
+
 def finish(text: str, hits: list[Hit]) -> Answer:
-    """Work out an answer's citations, attributing one when the model wrote none."""
+    """Work out an answer's citations: only the numbers the model wrote. When it wrote none,
+    the passage sharing the most words is kept as `related` (never as a citation)."""
     text = text.strip()
     ans = Answer(text=text, hits=hits)
     if not text or says_idk(text):
@@ -146,12 +160,8 @@ def finish(text: str, hits: list[Hit]) -> Answer:
     ans.citations = cited_numbers(text, len(hits))
     if not ans.citations:
         n = attribute(text, hits)
-        if n is not None:
-            ans.citations, ans.attributed = [n], True
-            ans.text = f"{text} [{n}]"
-        else:
-            ans.notices.append("The answer could not be matched to any passage: check it "
-                               "against your notes.")
+        ans.related = [n] if n is not None else []
+        ans.notices.append(NOT_CITED if n is not None else UNMATCHED)
     return ans
 
 

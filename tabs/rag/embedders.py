@@ -68,9 +68,11 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _key(kind: str, source: str) -> str:
-    digest = hashlib.sha1(source.encode()).hexdigest()[:8]
-    return f"rag:{kind}:{Path(source).name}:{digest}"
+def _key(kind: str, source: str, named: str = "") -> str:
+    """The model manager's key: named by what the user chose, unique per folder loaded."""
+    what = source if not named or named == source else f"{named}|{source}"
+    digest = hashlib.sha1(what.encode()).hexdigest()[:8]
+    return f"rag:{kind}:{Path(named or source).name}:{digest}"
 
 
 def _estimate(source: str) -> int:
@@ -119,24 +121,26 @@ def load_reranker(source: str, device: str = "cpu") -> Any:
     return _half_precision(CrossEncoder(source, device=device, max_length=256), device)
 
 
-def register_embedder(studio: Any, source: str, title: str = "") -> str:
-    """Register the embedder with the model manager once; returns its key."""
-    return _register(studio, "embedder", source, load_embedder, title, 128 * 1024**2)
+def register_embedder(studio: Any, source: str, title: str = "", named: str = "") -> str:
+    """Register the embedder with the model manager once; returns its key. `source` is what is
+    loaded (a folder on disk); `named`, if given, what the user chose (a hub id), which names
+    the key, so the same model keeps one key wherever its files are."""
+    return _register(studio, "embedder", source, load_embedder, title, 128 * 1024**2, named)
 
 
-def register_reranker(studio: Any, source: str, title: str = "") -> str:
+def register_reranker(studio: Any, source: str, title: str = "", named: str = "") -> str:
     """Register the cross-encoder reranker with the model manager once; returns its key."""
-    return _register(studio, "reranker", source, load_reranker, title, 256 * 1024**2)
+    return _register(studio, "reranker", source, load_reranker, title, 256 * 1024**2, named)
 
 
 def _register(studio: Any, kind: str, source: str, loader: Any, title: str,
-              cuda_reserve: int) -> str:
+              cuda_reserve: int, named: str = "") -> str:
     from studio.models import ModelSpec, PinnedSwap
 
-    key = _key(kind, source)
+    key = _key(kind, source, named)
     return studio.models.ensure(key, lambda: ModelSpec(
         key=key, load=lambda device: loader(source, device),
-        title=title or f"{kind} {Path(source).name}", estimate=_estimate(source),
+        title=title or f"{kind} {Path(named or source).name}", estimate=_estimate(source),
         reserve=cuda_reserve if studio.probe.device == "cuda" else 0,
         **PinnedSwap().spec_kwargs()))  # warm tier: pinned CPU copy
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from studio.jobs import FINAL
+from studio.models import BudgetExceeded
 from studio.safety import check_model_source, stage_uploads
 from tabs.rag import ingest as ingest_mod
 from tabs.rag.answer import Answer, AnswerEvent, answer_stream
@@ -39,7 +40,7 @@ from tabs.rag.evaluation import (
     evaluate,
     generate_qa,
     load_runs,
-    parse_qa_jsonl,
+    parse_qa,
     qa_jsonl,
     save_run,
 )
@@ -73,6 +74,7 @@ class RagService:
         self.reranker_source: str | None = rr.source if rr else None
         self.reranker_note = (rr.note if rr and rr.note else
                               "no reranker is configured; point at a local cross-encoder folder")
+        self._reranker_error: str | None = None  # why the set reranker failed to load
         self.engine: Any = None  # the chat engine, built on first use (tests may set one)
         # CPU threads for a query and for batch embedding (see embedders.query_threads)
         self.query_threads = query_threads()
@@ -144,6 +146,14 @@ class RagService:
             self._kbs.pop(kb.name, None)
 
     # ----- models ---------------------------------------------------------------------------------
+    def _on_disk(self, source: str, what: str) -> str:
+        """The folder to load for `source`: a local folder as it is, a hub id from the cache;
+        a hub id that is not on disk raises `NotOnDisk` (go to the Models tab). Nothing here
+        touches the network: a request never starts a silent download."""
+        from studio.hub import require_local
+
+        return require_local(self.studio, source, what)
+
     def _embedder_key(self, kb: KnowledgeBase) -> str:
         source = kb.manifest.get("embedder_source")
         if not source:
@@ -151,37 +161,78 @@ class RagService:
         if not (Path(source).exists() or "/" in source and not source.startswith(("/", "."))):
             raise ValueError(f"knowledge base {kb.name!r} was built with the embedder {source}, "
                              "which is not on this machine; create a new knowledge base")
-        return register_embedder(self.studio, source, f"embedder {kb.embedder}")
+        path = self._on_disk(source, f"The embedder of knowledge base {kb.name!r}")
+        return register_embedder(self.studio, path, f"embedder {kb.embedder}", named=source)
 
     def encode(self, kb: KnowledgeBase, texts: list[str]) -> np.ndarray:
         with self.studio.models.use(self._embedder_key(kb)) as model:
             return encode(model, texts)
 
     def reranker_status(self) -> tuple[bool, str]:
-        """(available, note) for the reranker switch."""
+        """(available, note) for the reranker switch: set, on disk and not failed to load.
+        Only the file system is looked at (this runs on every page build and warm-up)."""
         if self.reranker_source:
+            if self._reranker_error:
+                return False, f"Reranker unavailable: {self._reranker_error}"
+            try:
+                self._on_disk(self.reranker_source, "The reranker")
+            except ValueError as e:
+                return False, f"Reranker unavailable: {e}"
             return True, f"reranker: {Path(self.reranker_source).name}"
         return False, f"Reranker unavailable: {self.reranker_note}"
 
     def set_reranker(self, source: str | None) -> None:
-        """Use a cross-encoder from a local folder (or hub id); None or '' turns it off."""
+        """Use a cross-encoder from a local folder (or a hub id already on disk); None or ''
+        turns it off. It is loaded and tried on one pair now, so one that cannot be used is
+        refused here, with the reason, and the previous choice stays."""
         source = (source or "").strip() or None
-        if source and source.startswith(("/", ".", "~")) and not Path(source).expanduser() \
-                .is_dir():
+        if source is None:
+            self.reranker_source, self._reranker_error = None, None
+            return
+        if source.startswith(("/", ".", "~")) and not Path(source).expanduser().is_dir():
             raise ValueError(f"no such reranker folder: {source}")
-        if source:  # a model folder (no pickle that runs code), or a hub id; not /etc
-            check_model_source(source, label="Reranker", folders=True, need=("config.json",))
-        self.reranker_source = str(Path(source).expanduser()) if source and \
-            source.startswith(("/", ".", "~")) else source
+        # a model folder (no pickle that runs code), or a hub id; not /etc
+        check_model_source(source, label="Reranker", folders=True, need=("config.json",))
+        if source.startswith(("/", ".", "~")):
+            source = str(Path(source).expanduser())
+        path = self._on_disk(source, "The reranker")
+        key = register_reranker(self.studio, path, named=source)
+        try:
+            with self.studio.models.use(key) as model:
+                rerank_scores(model, WARM_TEXT, [WARM_TEXT])
+        except BudgetExceeded as e:
+            raise ValueError(f"The reranker {source} does not fit now: {e}") from None
+        except Exception as e:  # noqa: BLE001 - any loader failure is the user's message
+            raise ValueError(self._load_failure(source, e)) from None
+        self.reranker_source, self._reranker_error = source, None
+
+    @staticmethod
+    def _load_failure(source: str, exc: BaseException) -> str:
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        return (f"the reranker {source} cannot be loaded ({type(exc).__name__}"
+                f"{': ' + detail if detail else ''}). Point at a cross-encoder model folder "
+                "(config.json, weights and tokenizer), or download one on the Models tab.")
 
     def _rerank_fn(self) -> Callable[[str, list[str]], np.ndarray] | None:
-        if not self.reranker_source:
+        """The reranker as a function, or None when none is set or it is unavailable (not on
+        disk, or it failed to load once: that is remembered, not retried on every warm-up)."""
+        if not self.reranker_source or not self.reranker_status()[0]:
             return None
-        key = register_reranker(self.studio, self.reranker_source)
+        source = self.reranker_source
+        key = register_reranker(self.studio, self._on_disk(source, "The reranker"),
+                                named=source)
 
         def rerank(query: str, texts: list[str]) -> np.ndarray:
-            with self.studio.models.use(key) as model:
-                return rerank_scores(model, query, texts)
+            try:
+                with self.studio.models.use(key) as model:
+                    return rerank_scores(model, query, texts)
+            except BudgetExceeded:
+                raise
+            except Exception as e:  # noqa: BLE001
+                if self.studio.models.get_loaded(key) is not None:
+                    raise  # it loaded: this is not a loading problem
+                self._reranker_error = self._load_failure(source, e)
+                raise ValueError(f"Reranker unavailable: {self._reranker_error}") from None
         return rerank
 
     def chat_engine(self) -> Any:
@@ -253,6 +304,9 @@ class RagService:
         return size > self.limits.background_bytes or count > self.limits.background_files
 
     def _submit(self, kb: KnowledgeBase, paths: list[str], root: Path | None) -> str:
+        source = kb.manifest.get("embedder_source") or self.embedder_choice()[0]
+        # the job loads the folder on disk: a hub id not downloaded yet is refused here
+        source = self._on_disk(source, f"The embedder of knowledge base {kb.name!r}")
         # Uploads are temp files: keep copies the job (and a resume) can read later.
         staged = []
         if paths:
@@ -263,7 +317,6 @@ class RagService:
                 target = dest / Path(p).name
                 shutil.copyfile(p, target)
                 staged.append(str(target))
-        source = kb.manifest.get("embedder_source") or self.embedder_choice()[0]
         config = {"kb": kb.name, "kb_dir": str(kb.dir), "paths": staged,
                   "folder": str(root) if root else None,
                   "folder_prefix": f"{root.name}/" if root else None,
@@ -436,9 +489,16 @@ class RagService:
         """Run an evaluation from an uploaded JSONL QA set, or `generate_n` generated questions,
         and save it."""
         self.kb(kb_name)
+        read_notes: list[str] = []
         if qa_path:
-            items = parse_qa_jsonl(Path(qa_path).read_text(encoding="utf-8"))
+            text = Path(qa_path).read_text(encoding="utf-8")
+            items, read_notes = parse_qa(text)
             origin = Path(qa_path).name
+            # the set as used, next to the run (a re-upload of a fixed file is a new run)
+            saved = self.eval_dir(kb_name) / f"qa-uploaded-{time.strftime('%Y%m%d-%H%M%S')}-" \
+                f"{Path(qa_path).stem[:40]}.jsonl"
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(qa_jsonl(items))
         elif generate_n > 0:
             items, saved = self.generate_qa(kb_name, generate_n)
             origin = f"generated by the LLM ({saved.name})"
@@ -452,6 +512,8 @@ class RagService:
             answer_fn = lambda q: self.answer(kb_name, q, None, rcfg)  # noqa: E731
         run = evaluate(items, lambda cfg: (lambda q: self.search(kb_name, q, cfg)), k, rerank_ok,
                        answer_fn, best, progress, origin)
+        run.notes = read_notes + run.notes
+        run.qa_file = str(saved)
         save_run(self.eval_dir(kb_name), run)
         return run
 

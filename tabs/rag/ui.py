@@ -9,8 +9,10 @@ Scriptable with gradio_client through ``rag_create_kb``, ``rag_ingest``, ``rag_s
 from __future__ import annotations
 
 import html
+import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -19,10 +21,10 @@ import pandas as pd
 from studio.llm import LLMError
 from studio.models import BudgetExceeded
 from studio.sessions import session_of
-from studio.ui.widgets import job_panel
-from tabs.rag.answer import link_citations
+from studio.ui.widgets import fill_on_load, job_panel
+from tabs.rag.answer import RELATED_FOOTER, SOURCES_FOOTER, link_citations
 from tabs.rag.config import KIND, AnswerConfig, RetrievalConfig
-from tabs.rag.evaluation import chart_rows, rows_table
+from tabs.rag.evaluation import QUESTION_HEADERS, chart_rows, question_rows, rows_table
 from tabs.rag.ingest import IngestResult
 from tabs.rag.retrieval import Hit
 from tabs.rag.service import SOURCE_HEADERS, RagService, get_service
@@ -31,6 +33,7 @@ EVAL_HEADERS = ["configuration", "hit@k", "MRR", "ROUGE-L", "rubric", "questions
 MODES = [("auto (big inputs become a job)", "auto"), ("now, in this request", "now"),
          ("background job", "job")]
 EMPTY_SOURCES = "<p class='rag-empty'>The passages an answer uses appear here.</p>"
+log = logging.getLogger("studio.rag")
 
 
 def _err(exc: Exception) -> gr.Error:
@@ -38,14 +41,17 @@ def _err(exc: Exception) -> gr.Error:
 
 
 # ----- formatting ------------------------------------------------------------------------------
-def sources_html(hits: list[Hit], cited: list[int] | None = None) -> str:
-    """The side panel: numbered passages with path and lines; cited ones marked."""
+def sources_html(hits: list[Hit], cited: list[int] | None = None,
+                 related: list[int] | None = None) -> str:
+    """The side panel: numbered passages with path and lines; the ones the answer cites are
+    marked "cited", a word-overlap match of an answer that cites nothing "related" only."""
     if not hits:
         return EMPTY_SOURCES
     parts = []
     for n, h in enumerate(hits, 1):
         c = h.chunk
-        mark = " ✓ cited" if cited and n in cited else ""
+        mark = (" ✓ cited" if cited and n in cited else
+                " · related, not cited" if related and n in related else "")
         head = f" · {html.escape(c.heading)}" if c.heading else ""
         parts.append(
             f"<div class='rag-src' id='rag-src-{n}'><b>[{n}]</b> <code>{html.escape(c.path)}"
@@ -56,9 +62,19 @@ def sources_html(hits: list[Hit], cited: list[int] | None = None) -> str:
     return "\n".join(parts)
 
 
-def _sources_footer(hits: list[Hit], cited: list[int]) -> str:
+def _sources_footer(hits: list[Hit], cited: list[int], related: list[int] | None = None) -> str:
+    """The answer's own citations as "Sources"; when it cites none, the closest passage by
+    shared words as "Related passage", said to be no citation."""
+    def where(ns: list[int]) -> str:
+        return " · ".join(f"`{hits[n - 1].chunk.where}`" for n in ns if 0 < n <= len(hits))
+
     items = [f"[{n}] `{hits[n - 1].chunk.where}`" for n in cited if 0 < n <= len(hits)]
-    return "\n\n**Sources:** " + " · ".join(items) if items else ""
+    if items:
+        return SOURCES_FOOTER + " " + " · ".join(items)
+    if related and where(related):
+        return (f"{RELATED_FOOTER} **Related passage** (shares words with the answer, not a "
+                f"source): {where(related)}")
+    return ""
 
 
 def _ingest_md(res: IngestResult) -> str:
@@ -81,19 +97,34 @@ def _sources_update(svc: RagService, kb: str | None) -> tuple[Any, Any]:
             gr.update(choices=[r[0] for r in rows], value=None))
 
 
-def _eval_outputs(svc: RagService, kb: str | None) -> tuple[Any, Any, Any]:
-    """Latest run's table and bars, and hit@k across runs."""
+def _eval_outputs(svc: RagService, kb: str | None) -> tuple[Any, ...]:
+    """Latest run's table, bars, per-question results and QA file; hit@k across runs."""
     empty = pd.DataFrame(columns=EVAL_HEADERS)
     if not kb or kb not in svc.list_kbs():
-        return empty, None, None
+        return empty, None, None, pd.DataFrame(columns=QUESTION_HEADERS), None
     runs = svc.eval_runs(kb)
     if not runs:
-        return empty, None, None
+        return empty, None, None, pd.DataFrame(columns=QUESTION_HEADERS), None
     latest = runs[-1]
     bars = pd.DataFrame(chart_rows([latest]))
-    bars["bar"] = bars["metric"] + " · " + bars["config"]
+    if not bars.empty:
+        bars["bar"] = bars["metric"] + " · " + bars["config"]
     hist = pd.DataFrame([r for r in chart_rows(runs) if r["metric"].startswith("hit@")])
-    return pd.DataFrame(rows_table(latest), columns=EVAL_HEADERS), bars, hist
+    qa_file = latest.qa_file if latest.qa_file and Path(latest.qa_file).is_file() else None
+    return (pd.DataFrame(rows_table(latest), columns=EVAL_HEADERS), bars, hist,
+            pd.DataFrame(question_rows(latest), columns=QUESTION_HEADERS), qa_file)
+
+
+def fill_on_load_reranker(switch: Any, source_box: Any, svc: RagService) -> None:
+    """The reranker switch and its source box as the service has them, at each page load."""
+    from gradio.context import Context
+
+    def fill():
+        ok, note = svc.reranker_status()
+        return gr.update(interactive=ok, value=ok, info=note), svc.reranker_source or ""
+
+    Context.root_block.load(fill, outputs=[switch, source_box], api_visibility="private",
+                            show_progress="hidden", queue=False)
 
 
 # ----- the tab ---------------------------------------------------------------------------------
@@ -184,7 +215,9 @@ def build_ui(studio: Any) -> None:
                         "reranker, and optionally answers (ROUGE-L, rubric), on a QA set. Each "
                         "run is saved, so you can see whether a change helped. JSONL lines: "
                         '`{"question": ..., "expected_answer": ..., "expected_source": '
-                        '"notes/setup.md"}`.')
+                        '"notes/setup.md"}` (`query`, `answer`, `source`, `ground_truth`... '
+                        "are read too). Short expected answers (numbers, versions, names) are "
+                        "checked exactly; only citations the model wrote count.")
             with gr.Row():
                 qa_file = gr.File(label="QA set (JSONL)", type="filepath",
                                   file_types=[".jsonl", ".json", ".txt"])
@@ -198,6 +231,10 @@ def build_ui(studio: Any) -> None:
             eval_md = gr.Markdown()
             eval_table = gr.Dataframe(headers=EVAL_HEADERS, label="Latest run",
                                       interactive=False)
+            eval_items = gr.Dataframe(headers=QUESTION_HEADERS, label="Per question (latest run)",
+                                      interactive=False, wrap=True, elem_id="rag-eval-items")
+            eval_qa = gr.File(label="QA set of the latest run (JSONL: download, fix, upload)",
+                              interactive=False, elem_id="rag-eval-qa")
             with gr.Row():
                 eval_bars = gr.BarPlot(x="bar", y="value", color="config",
                                        title="Latest run", height=300, x_label_angle=-30,
@@ -216,6 +253,8 @@ def build_ui(studio: Any) -> None:
     def kb_changed(name: str | None):
         table, picker = _sources_update(svc, name)
         return (table, picker, *_eval_outputs(svc, name))
+
+    eval_outputs = [eval_table, eval_bars, eval_hist, eval_items, eval_qa]
 
     def ingest(name: str | None, paths: list[str] | None, folder_text: str, how: str,
                progress=gr.Progress()):  # noqa: B008
@@ -237,13 +276,14 @@ def build_ui(studio: Any) -> None:
                 gr.update(choices=svc.list_kbs(), value=name))
 
     def warm(name: str | None) -> None:
-        """Load the knowledge base's indexes and models before the question is asked."""
+        """Load the knowledge base's indexes and models before the question is asked (from
+        disk only: a model that is not there is skipped, never fetched)."""
         if not name or name not in svc.list_kbs():
             return
         try:
             svc.warm(name)
-        except (ValueError, BudgetExceeded):
-            return  # opportunistic: asking will show the same error where it belongs
+        except Exception:  # noqa: BLE001 - opportunistic: asking shows the error where it belongs
+            log.debug("warming %s failed", name, exc_info=True)
 
     def list_sources(name: str | None):
         try:
@@ -338,10 +378,8 @@ def build_ui(studio: Any) -> None:
                     ans = ev.answer
                     hits = ans.hits
                     reply["content"] = link_citations(ans.text) + \
-                        _sources_footer(hits, ans.citations)
-                    if ans.attributed:
-                        reply["content"] += " *(citation matched after the answer)*"
-                    yield (chat + [reply], "", sources_html(hits, ans.citations),
+                        _sources_footer(hits, ans.citations, ans.related)
+                    yield (chat + [reply], "", sources_html(hits, ans.citations, ans.related),
                            ans.as_dict())
                     return
                 yield chat + [reply], "", panel_value, None
@@ -360,12 +398,18 @@ def build_ui(studio: Any) -> None:
             run = svc.evaluate(name, qa, int(n or 0), int(k), bool(with_answers), report)
         except (ValueError, BudgetExceeded, LLMError) as e:
             raise _err(e) from None
-        md = (f"Run **{run.id}**: {len(run.items)} questions ({run.qa_source}), k={run.k}. "
-              + " ".join(run.notes))
+        scored = max((r.n for r in run.rows), default=0)
+        md = (f"Run **{run.id}**: {len(run.items)} questions ({run.qa_source}), {scored} with "
+              f"an expected source, k={run.k}. " + " ".join(run.notes))
         return (md, *_eval_outputs(svc, name))
 
     # ----- wiring -----------------------------------------------------------------------------
     create_btn.click(create, inputs=[new_name], outputs=[kb, new_name], api_name="rag_create_kb")
+    # After a page (re)load the browser's selection is gone: show the knowledge bases as they
+    # are now with one selected (Ask never starts from an empty selector), and the reranker
+    # switch as it is now (set since the page was built, or gone from disk).
+    fill_on_load(kb, svc.list_kbs)
+    fill_on_load_reranker(rerank, reranker_dir, svc)
     kb.focus(lambda: gr.update(choices=svc.list_kbs()), outputs=[kb],  # made elsewhere
              api_visibility="private", queue=False)
     # The tables follow the knowledge base, also when a tab is opened (another session, a job,
@@ -373,9 +417,8 @@ def build_ui(studio: Any) -> None:
     sources_tab.select(lambda name: _sources_update(svc, name), inputs=[kb],
                        outputs=[sources_df, del_path], api_visibility="private")
     eval_tab.select(lambda name: _eval_outputs(svc, name), inputs=[kb],
-                    outputs=[eval_table, eval_bars, eval_hist], api_visibility="private")
-    kb.change(kb_changed, inputs=[kb],
-              outputs=[sources_df, del_path, eval_table, eval_bars, eval_hist],
+                    outputs=eval_outputs, api_visibility="private")
+    kb.change(kb_changed, inputs=[kb], outputs=[sources_df, del_path, *eval_outputs],
               api_visibility="private")
     # A cold first question on a big knowledge base took seconds (models, BM25, Chroma's
     # index); warm when one is picked and when the question box is entered.
@@ -409,5 +452,5 @@ def build_ui(studio: Any) -> None:
     clear_btn.click(lambda: ([], EMPTY_SOURCES, None), outputs=[chatbot, panel_html, answer_json],
                     api_visibility="private", queue=False)
     eval_btn.click(run_eval, inputs=[kb, qa_file, gen_n, eval_k, eval_answers],
-                   outputs=[eval_md, eval_table, eval_bars, eval_hist], api_name="rag_eval",
+                   outputs=[eval_md, *eval_outputs], api_name="rag_eval",
                    concurrency_id="gpu")

@@ -64,7 +64,13 @@ def pixel_cap(budget: int) -> int:
     return side * side
 
 
-def source_for(studio: Any, cfg: VLMChatConfig) -> VLMSource:
+def source_for(studio: Any, cfg: VLMChatConfig, on_disk: bool = True) -> VLMSource:
+    """What to load for `cfg`. A hub id is loaded from its folder in the hub cache; one that
+    is not on disk raises `studio.hub.NotOnDisk` (download it on the Models tab): a request
+    never starts a silent multi-GB download. `on_disk=False` keeps the hub id (for estimates
+    that need only the catalogue's shapes)."""
+    from studio.hub import require_local
+
     model = (cfg.model or default_model(studio)).strip()
     if not model:
         raise ValueError("Choose a vision-language model: a hub id such as "
@@ -74,7 +80,9 @@ def source_for(studio: Any, cfg: VLMChatConfig) -> VLMSource:
     if cfg.max_pixels and not 28 * 28 * 4 <= cfg.max_pixels <= 4096 * 4096:
         raise ValueError("the picture cap must be between 3,136 and 16,777,216 pixels")
     cap = cfg.max_pixels or pixel_cap(studio.models.budget)
-    return VLMSource(model, cfg.quantization, title=Path(model).name or model, max_pixels=cap)
+    title = Path(model).name or model
+    where = require_local(studio, model, f"The vision model {title}") if on_disk else model
+    return VLMSource(where, cfg.quantization, title=title, max_pixels=cap)
 
 
 def engine_for(studio: Any, cfg: VLMChatConfig, adapter: str | None = None) -> VLMEngine:
@@ -95,10 +103,16 @@ def preload(studio: Any, cfg: VLMChatConfig) -> str:
 def chat_fit(studio: Any, cfg: VLMChatConfig, pictures: int = 2) -> str:
     """"Will it fit?" for chatting: weights, vision tower, image tokens at the picture cap and
     the KV cache, against the budget."""
+    from studio.hub import NotOnDisk
     from tabs.vlm.engine import DEFAULT_CONTEXT
-    from tabs.vlm.estimate import chat_estimate, load_vlm_arch
+    from tabs.vlm.estimate import KNOWN, chat_estimate, load_vlm_arch
 
-    src = source_for(studio, cfg)
+    try:
+        src = source_for(studio, cfg)
+    except NotOnDisk:  # the catalogue knows the shapes of its models without their files
+        src = source_for(studio, cfg, on_disk=False)
+        if src.source not in KNOWN:
+            raise
     arch = load_vlm_arch(src.source)
     cuda = getattr(studio.probe, "device", "cpu") == "cuda"
     context = min(DEFAULT_CONTEXT, 4096 if arch.model_type.startswith("llava") else
@@ -268,7 +282,13 @@ def model_input_size(studio: Any, cfg: VLMChatConfig, image: Any) -> tuple[int, 
     """(w, h) of the picture as a dynamic-resolution model sees it (Qwen2.5-VL's absolute box
     coordinates are in it), from the model's own image processor (that of the loaded model,
     else the processor alone, read once); None for fixed-size models."""
-    ip = _image_processor(studio, source_for(studio, cfg))
+    from studio.hub import NotOnDisk
+
+    try:
+        src = source_for(studio, cfg)
+    except NotOnDisk:  # no model files here: the boxes are taken as picture pixels
+        return None
+    ip = _image_processor(studio, src)
     if ip is None or not hasattr(ip, "merge_size"):
         return None
     grid = ip(images=[image], return_tensors="pt")["image_grid_thw"][0].tolist()

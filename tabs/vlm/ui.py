@@ -232,6 +232,15 @@ def _widget(name: str) -> Any:
     return gr.Number(value=value, label=label, info=info, precision=0 if name in INTS else None)
 
 
+def _on_disk(studio: Any, base: str | None) -> str:
+    """The base model's folder on disk for a hub id (`NotOnDisk`, pointing to the Models tab,
+    when it is not downloaded yet); local folders and empty values unchanged."""
+    from studio.hub import require_local
+
+    base = (base or "").strip()
+    return require_local(studio, base, "The base model") if base else base
+
+
 def build_adapt(studio: Any, chat_targets: tuple[Any, Any] | None = None) -> None:
     """`chat_targets`: the chat's (model, adapter) widgets, filled by "Chat with it"."""
     with gr.Accordion("Adapt the model to your own pictures (a job)", open=False):
@@ -304,7 +313,8 @@ def build_adapt(studio: Any, chat_targets: tuple[Any, Any] | None = None) -> Non
         if not data_zip:
             raise gr.Error("Upload the data zip first.")
         try:
-            v = adapt.validate(studio, adapt.stage(studio, data_zip), base, int(max_len))
+            v = adapt.validate(studio, adapt.stage(studio, data_zip), _on_disk(studio, base),
+                               int(max_len))
         except (DatasetError, ValueError, OSError) as e:
             raise gr.Error(str(e)) from None
         return v.markdown(), v.preview, v.histogram
@@ -322,7 +332,9 @@ def build_adapt(studio: Any, chat_targets: tuple[Any, Any] | None = None) -> Non
 
     def do_start(*values):
         try:
-            run_id = adapt.submit(studio, config_of(values))
+            cfg = config_of(values)
+            _on_disk(studio, cfg.base_model)  # the job would download it unseen
+            run_id = adapt.submit(studio, cfg)
         except (DatasetError, ValueError) as e:
             raise gr.Error(str(e)) from None
         gr.Info(f"Run {run_id} queued.")

@@ -73,7 +73,7 @@ def test_ingest_ask_and_sources_over_the_api(tmp_path):
         with pytest.raises(Exception, match="no source"):
             c.predict("notes", "nope.md", api_name="/rag_delete_source")
 
-        summary, table, _, _ = c.predict("notes", handle_file(str(qa)), 0, 3, False,
+        summary, table, *_ = c.predict("notes", handle_file(str(qa)), 0, 3, False,
                                          api_name="/rag_eval")
         assert "4 questions" in summary
         rows = {r[0]: r for r in _rows(table)}

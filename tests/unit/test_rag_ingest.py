@@ -225,7 +225,7 @@ def test_eval_metrics_rank_rouge_and_rubric_with_stand_in_search_and_answers():
     assert [i["rank[hybrid]"] for i in run.items[:2]] == [1, 3]
     with pytest.raises(ValueError, match="line 2 is not JSON"):
         parse_qa_jsonl('{"question": "ok"}\n{oops\n')
-    with pytest.raises(ValueError, match="line 1 needs"):
+    with pytest.raises(ValueError, match="line 1 has no question"):
         parse_qa_jsonl('{"answer": "no question"}\n')
     assert parse_generated("Question: Where is the boat?\nAnswer: Pier 7.") == \
         ("Where is the boat?", "Pier 7.")

@@ -193,7 +193,7 @@ def test_history_from_the_chat_widget_becomes_plain_turns():
 
 
 @pytest.mark.slow  # ~1 minute on 2 cores; CI runs it
-def test_smollm2_streams_a_grounded_answer_citing_the_right_file(rag):
+def test_smollm2_streams_a_grounded_answer_pointing_at_the_right_file(rag):
     _, svc, _ = rag
     svc.engine = None  # the profile's chat model: SmolLM2-135M-Instruct (GGUF)
     events = list(svc.answer_stream("notes", "What is the guest wifi password?", [],
@@ -202,8 +202,13 @@ def test_smollm2_streams_a_grounded_answer_citing_the_right_file(rag):
     assert kinds[0] == "sources" and kinds[-1] == "done"
     assert kinds.count("text") >= 3, "the answer streams in pieces"
     ans = events[-1].answer
-    assert ans.citations, ans.text
-    assert ans.cited_hits()[0].chunk.path == "wifi.txt", ans.as_dict()
+    # SmolLM2-135M mostly answers without writing [n] (seen: "The guest wifi password is
+    # tangerine-42."): then it has no citation, and the passage sharing its words is offered
+    # as related, never counted as cited (#19). Either way it must be the right file.
+    assert "tangerine-42" in ans.text, ans.text
+    pointed = ans.cited_hits() or [ans.hits[n - 1] for n in ans.related]
+    assert pointed and pointed[0].chunk.path == "wifi.txt", ans.as_dict()
+    assert not (ans.citations and ans.related), "related only when nothing is cited"
     # A second turn keeps the conversation: the earlier turn is in the prompt.
     history = [{"role": "user", "content": "What is the guest wifi password?"},
                {"role": "assistant", "content": ans.text}]
@@ -258,7 +263,7 @@ def test_tool_calls_run_search_notes_and_the_answer_cites_its_passage(rag):
     calls = [e.tool_call for e in events if e.kind == "tool_call"]
     assert [c.name for c in calls] == ["search_notes"] and calls[0].result.startswith("[1]")
     ans = events[-1].answer
-    assert ans.text == reply and ans.citations == [1] and not ans.attributed
+    assert ans.text == reply and ans.citations == [1] and not ans.related
     assert ans.cited_hits()[0].chunk.path == "wifi.txt"
     assert ans.tool_calls[0]["arguments"] == {"query": "guest wifi password"}
 
