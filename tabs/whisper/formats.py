@@ -72,20 +72,25 @@ def to_vtt(t: Transcript) -> str:
     return "\n".join(cues)
 
 
+PARAGRAPH_PAUSE_S = 2.0  # without speakers, a pause this long starts a new paragraph
+
+
 def to_txt(t: Transcript) -> str:
-    """One paragraph per speaker turn: consecutive segments of one speaker are joined."""
-    paras: list[tuple[float, str | None, list[str]]] = []
+    """One line per segment with its time; a paragraph per speaker turn (a blank line between,
+    the name on its first line) or, without speakers, after a pause of `PARAGRAPH_PAUSE_S`."""
+    out: list[str] = []
+    prev = None
     for s in t.segments:
-        if paras and paras[-1][1] == s.speaker:
-            paras[-1][2].append(s.text)
-        else:
-            paras.append((s.start, s.speaker, [s.text]))
-    out = []
-    for start, spk, texts in paras:
-        who = t.name_of(spk)
-        head = f"[{clock(start)}] {who + ': ' if who else ''}"
-        out.append(head + " ".join(texts))
-    return "\n\n".join(out) + "\n"
+        new_para = prev is not None and (
+            s.speaker != prev.speaker
+            or (not s.speaker and s.start - prev.end >= PARAGRAPH_PAUSE_S))
+        if new_para:
+            out.append("")
+        turn = s.speaker and (prev is None or s.speaker != prev.speaker)
+        who = f"{t.name_of(s.speaker)}: " if turn else ""
+        out.append(f"[{clock(s.start)}] {who}{s.text}")
+        prev = s
+    return "\n".join(out) + "\n"
 
 
 def to_json(t: Transcript) -> str:

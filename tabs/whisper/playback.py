@@ -15,7 +15,7 @@ import numpy as np
 from tabs.whisper.audio import read_wav_span, write_wav
 
 AUDIO_FILE = "audio.wav"
-PLAY_WINDOW_S = 120.0  # long enough to hear the context, small enough (3.8 MB) to send at once
+PLAY_WINDOW_S = 30.0  # enough context to hear; 0.96 MB, so the player has it at once
 KEEP_CLIPS = 10  # cuts kept per transcript; older ones are deleted (Gradio serves its own copy)
 
 

@@ -42,6 +42,7 @@ class Transcript:
     notes: list[str] = field(default_factory=list)
     source: str = ""
     id: str = ""  # folder name under the service's root; set when transcribed
+    diarizer: str = ""  # who found the speakers: 'pyannote', 'weak' (offline fallback) or ''
 
     @property
     def speakers(self) -> list[str]:

@@ -34,7 +34,11 @@ def test_transcribe_and_export_over_the_api(tmp_path):
                 True, 0, 0, 0, "", ""]
         tid, view, notes, _ = c.predict(handle_file(str(wav)), None, *args,
                                         api_name="/whisper_transcribe")
-        assert "report" in view.lower() and "no diarization weights" in notes
+        from tabs.whisper import dvector
+
+        assert "report" in view.lower()
+        assert ("weak offline fallback" if dvector.available() else "no diarization weights") \
+            in notes
         srt = c.predict(tid, "srt", api_name="/whisper_export")
         text = open(srt, encoding="utf-8").read()
         assert text.startswith("1\n00:00:0") and "report" in text.lower()
@@ -49,7 +53,7 @@ def test_transcribe_and_export_over_the_api(tmp_path):
         with pytest.raises(Exception, match="no segment 7"):
             c.predict(tid, 7, api_name="/whisper_play")
         with pytest.raises(Exception, match="no speaker"):
-            c.predict(tid, "SPEAKER_00", "Ann", api_name="/whisper_rename")
+            c.predict(tid, "SPEAKER_07", "Ann", api_name="/whisper_rename")
         with pytest.raises(Exception, match="could not be decoded"):
             c.predict(handle_file(str(bad)), None, *args, api_name="/whisper_transcribe")
     finally:
