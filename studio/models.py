@@ -222,6 +222,7 @@ class LedgerRow:
     size: int
     pinned: bool
     last_used: float
+    estimate: int = 0  # the spec's hint, shown where the size could not be measured
 
 
 class ModelManager:
@@ -663,7 +664,7 @@ class ModelManager:
             where = {"resident": "resident", "loading": "loading", "warm": "warm (CPU RAM)"}
             rows = [
                 LedgerRow(e.spec.key, e.spec.title or e.spec.key, where[e.state],
-                          e.size, e.pins > 0, e.last_used)
+                          e.size, e.pins > 0, e.last_used, int(e.spec.estimate or 0))
                 for e in self._entries.values()
             ]
             rows += [LedgerRow(f"job:{r.owner}", f"training job {r.owner}", "reserved",

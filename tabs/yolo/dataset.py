@@ -117,19 +117,41 @@ class Dataset:
         return list(self._meta()["classes"])
 
     def set_classes(self, names: list[str]) -> list[str]:
-        """Rename or append classes. Dropping a class that a label still uses is refused, since
-        the boxes would silently change meaning."""
+        """Rename, reorder or append classes without changing what any box means.
+
+        A name that is still in the list keeps its boxes wherever it moves (label files are
+        rewritten with the new indices); a line whose old name is gone and whose new name is new
+        is a rename in place. Dropping a class that a label still uses is refused, since its
+        boxes would silently change meaning."""
         names = [n.strip() for n in names if n.strip()]
         if len(set(names)) != len(names):
             raise ValueError("class names must be unique")
+        old = self.classes
+        remap = class_remap(old, names)
         used = self.used_classes()
-        if used and max(used) >= len(names):
-            raise ValueError(f"class {max(used)} ({self.classes[max(used)]!r}) is still used by "
-                             f"labels; relabel those boxes before removing it")
+        gone = sorted(c for c in used if c not in remap)
+        if gone:
+            c = gone[0]
+            name = old[c] if c < len(old) else str(c)
+            raise ValueError(f"class {c} ({name!r}) is still used by labels; relabel those "
+                             "boxes before removing it")
+        if any(remap.get(c, c) != c for c in used):
+            self._remap_labels(remap)
         meta = self._meta()
         meta["classes"] = names
         self._save_meta(meta)
         return names
+
+    def _remap_labels(self, remap: dict[int, int]) -> None:
+        """Rewrite every label file with new class indices (each file atomically)."""
+        for p in sorted(self.labels_dir.glob("*.txt")):
+            lines = []
+            for line in p.read_text().splitlines():
+                parts = line.split()
+                if parts:
+                    parts[0] = str(remap[int(parts[0])])
+                    lines.append(" ".join(parts))
+            _atomic_write(p, "\n".join(lines) + ("\n" if lines else ""))
 
     def class_index(self, label: str, add: bool = True) -> int:
         """Index of a class by name; a new name is appended when `add`."""
@@ -491,6 +513,19 @@ class DatasetStore:
         if not name or not _NAME.match(name) or not (self.root / name / "dataset.json").exists():
             raise KeyError(f"no dataset named {name!r}")
         return Dataset(self.root / name)
+
+
+def class_remap(old: list[str], new: list[str]) -> dict[int, int]:
+    """{old index: new index} for the classes that survive a class-list edit: by name when the
+    name is still there (a move), else in place when the line at the same index is a new name
+    (a rename). Old classes missing from the result were removed."""
+    out = {}
+    for i, name in enumerate(old):
+        if name in new:
+            out[i] = new.index(name)
+        elif i < len(new) and new[i] not in old:
+            out[i] = i
+    return out
 
 
 def _unit_hash(name: str, seed: int) -> float:

@@ -109,11 +109,17 @@ def measure_latency(model: Any, images: list[np.ndarray], imgsz: int, device: st
     return statistics.median(times)
 
 
+# The one evaluation every format gets: square letterbox at the trained size, batch 1. Without
+# rect=False a .pt is scored on rectangular (less padded) batches and a fixed-shape ONNX on
+# square ones, and the table's mAP difference would come from the padding, not the format.
+EVAL_ARGS = {"batch": 1, "rect": False, "plots": False, "verbose": False}
+
+
 def evaluate(model: Any, data_yaml: Path, imgsz: int, device: str, work_dir: Path
              ) -> tuple[float, float]:
-    """(mAP50, mAP50-95) on the val split, batch 1 so every format is measured alike."""
-    m = model.val(data=str(data_yaml), imgsz=imgsz, batch=1, device=device, plots=False,
-                  verbose=False, project=str(work_dir), name="val", exist_ok=True)
+    """(mAP50, mAP50-95) on the val split, measured the same way for every format."""
+    m = model.val(data=str(data_yaml), imgsz=imgsz, device=device, project=str(work_dir),
+                  name="val", exist_ok=True, **EVAL_ARGS)
     return float(m.box.map50), float(m.box.map)
 
 
@@ -132,20 +138,35 @@ def val_images(data_yaml: Path, limit: int = 8) -> list[np.ndarray]:
 
 
 def benchmark(files: dict[str, Path], data_yaml: Path, imgsz: int, work_dir: Path,
-              device: str = "cpu", runs: int = 20, with_map: bool = True) -> list[BenchRow]:
-    """Latency and mAP per exported format on this machine."""
+              device: str = "cpu", runs: int = 20, with_map: bool = True,
+              progress: Any = None) -> list[BenchRow]:
+    """Latency and mAP per exported format on this machine; `progress(fraction, desc=...)`
+    hears of each step."""
     from ultralytics import YOLO
 
     images = val_images(data_yaml)
     rows = []
+    steps = max(1, len(files) * (2 if with_map else 1))
+    done = 0
+
+    def tell(desc: str) -> None:
+        if progress is not None:
+            progress(0.2 + 0.8 * done / steps, desc=desc)
+
     for fmt, path in files.items():
+        tell(f"{fmt}: timing {runs} images")
         model = YOLO(str(path), task="detect")
         runtime = {"PyTorch": f"PyTorch {'CUDA' if device != 'cpu' else 'CPU'}",
                    "ONNX": onnx_runtime_label(device), "TensorRT": "TensorRT"}.get(fmt, fmt)
         ms = measure_latency(model, images, imgsz, device, runs=runs)
+        done += 1
         m50 = m5095 = None
         if with_map:
+            tell(f"{fmt}: mAP on the val set")
             m50, m5095 = evaluate(model, data_yaml, imgsz, device, work_dir / fmt.lower())
+            done += 1
         rows.append(BenchRow(fmt, str(path), Path(path).stat().st_size / 1e6, ms, 1000 / ms,
                              m50, m5095, runtime))
+    if progress is not None:
+        progress(1.0, desc="done")
     return rows

@@ -23,12 +23,38 @@ from tabs.yolo.config import TrainConfig
 PLOT_FILES = {  # file in the Ultralytics save dir -> label in the UI
     "BoxPR_curve.png": "PR curve",
     "PR_curve.png": "PR curve",
-    "confusion_matrix_normalized.png": "Confusion matrix (normalised)",
-    "confusion_matrix.png": "Confusion matrix",
     "val_batch0_pred.jpg": "Sample predictions (val)",
     "val_batch0_labels.jpg": "Sample labels (val)",
     "results.png": "Training curves",
 }
+
+
+# Ultralytics' own confusion matrix counts every detection down to the mAP threshold (0.001),
+# which fills the background cells with thousands; ours is a separate pass at the confidence
+# a user detects with.
+CONFUSION_CONF = 0.25
+CONFUSION_FILES = {"confusion_matrix_normalized.png": "Confusion matrix (normalised)",
+                   "confusion_matrix.png": "Confusion matrix"}
+
+
+def confusion_matrix(weights: Path, data: str, imgsz: int, device: str, out_dir: Path,
+                     conf: float = CONFUSION_CONF) -> dict[str, Any]:
+    """Validate `weights` at `conf` with plots into `out_dir`; write and return
+    ``{"conf", "names", "matrix"}`` (rows: predicted class + background, columns: true class +
+    background, as Ultralytics lays it out) to ``out_dir/confusion.json``."""
+    from ultralytics import YOLO
+
+    out_dir = Path(out_dir)
+    m = YOLO(str(weights)).val(data=data, imgsz=imgsz, conf=conf, batch=1, rect=False,
+                               device=device, plots=True, verbose=False,
+                               project=str(out_dir.parent), name=out_dir.name, exist_ok=True)
+    cm = m.confusion_matrix
+    names = getattr(cm, "names", None) or {}
+    summary = {"conf": conf,
+               "names": list(names.values()) if isinstance(names, dict) else list(names),
+               "matrix": [[float(x) for x in row] for row in cm.matrix.tolist()]}
+    (out_dir / "confusion.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def configure_ultralytics(cache_dir: Path, offline: bool) -> None:
@@ -227,6 +253,18 @@ def run(config: dict[str, Any], report: Any) -> None:
         results, model = _train(cfg, report, hooks, resume_from, model_src, run_dir, device, YOLO)
     save_dir = Path(model.trainer.save_dir)
     summary = finish(save_dir, hooks, results, report)
+    best = save_dir / "weights" / "best.pt"
+    if cfg.plots and best.exists() and not report.should_stop():  # Cancel: leave in time
+        try:
+            with ultralytics_loading(False):  # our own job's checkpoint: the plain loader
+                cm = confusion_matrix(best, cfg.data, cfg.imgsz, device, save_dir / "confusion")
+            for fname, label in CONFUSION_FILES.items():
+                if (save_dir / "confusion" / fname).exists():
+                    report.artifact(save_dir / "confusion" / fname, kind="image",
+                                    label=f"{label} at confidence {cm['conf']:g}")
+            summary["confusion"] = cm
+        except Exception as e:  # noqa: BLE001 - a missing plot must not fail a trained run
+            report.log(f"confusion matrix not made: {type(e).__name__}: {e}")
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
 
 

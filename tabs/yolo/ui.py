@@ -1,12 +1,17 @@
 """The YOLO tab: Label | Train | Export & benchmark | Detect. Thin: widgets to logic calls.
 
 Box drawing uses the `gradio_image_annotation` component (draw, move, resize, delete, pick the
-class per box); it installs and runs with Gradio 6. Every action a script may need also has a
-plain JSON endpoint (``yolo_get_boxes``, ``yolo_set_boxes``, ...), so labelling is scriptable.
+class per box); it installs and runs with Gradio 6. Labels never change behind the user's back:
+a new box takes the class shown in "Class for new boxes" (keys 1-9, one colour per class),
+half-drawn boxes are ignored, pre-label shows proposals next to the user's boxes and saves them
+only on Accept, and renaming or reordering classes rewrites the label files so every box keeps
+its class. Every action a script may need also has a plain JSON endpoint (``yolo_get_boxes``,
+``yolo_set_boxes``, ...), so labelling is scriptable.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import tempfile
 import time
@@ -20,21 +25,53 @@ from tabs.yolo.config import MODEL_CHOICES, TrainConfig
 from tabs.yolo.detect import ROW_HEADERS, detect_image, detect_video, prelabel
 from tabs.yolo.export import TABLE_HEADERS, table_rows
 from tabs.yolo.formats import Box
-from tabs.yolo.service import YoloService, get_service
+from tabs.yolo.service import (
+    SCRATCH_NOTE,
+    STARTER_NAME,
+    STARTER_RECIPE,
+    YoloService,
+    get_service,
+)
 
 KEYS_JS = """
 if (!window.__yoloKeys) {
   window.__yoloKeys = true;
+  // Capture phase: the canvas itself uses 'd' for its drag mode and stops the event, so 'd' and
+  // 'a' are taken here first (next/previous image), and 1-9 pick the class for new boxes.
   document.addEventListener('keydown', (e) => {
     const t = e.target; const tag = (t && t.tagName || '').toLowerCase();
-    if (tag === 'input' || tag === 'textarea' || (t && t.isContentEditable)) return;
+    if (tag === 'input' || tag === 'textarea' || tag === 'select' || (t && t.isContentEditable))
+      return;
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (/^[1-9]$/.test(e.key)) {
+      const radios = document.querySelectorAll('#yolo-class input[type=radio]');
+      const r = radios[parseInt(e.key, 10) - 1];
+      if (r && r.offsetParent !== null) { e.preventDefault(); e.stopPropagation(); r.click(); }
+      return;
+    }
     const id = (e.key === 'd' || e.key === 'ArrowRight') ? 'yolo-next'
              : (e.key === 'a' || e.key === 'ArrowLeft') ? 'yolo-prev' : null;
     const el = id && document.getElementById(id);
-    if (el && el.offsetParent !== null) { e.preventDefault(); el.click(); }
-  });
+    if (el && el.offsetParent !== null) { e.preventDefault(); e.stopPropagation(); el.click(); }
+  }, true);
 }
 """
+
+# One colour per class, the same on the canvas, in the class picker and in the legend.
+PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+           "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3",
+           "#808000", "#000075"]
+_FRESH_SECONDS = 3.0  # how long a just-drawn box ignores the canvas' own "last label" echo
+
+
+def class_colour(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _rgb(hex_colour: str) -> str:
+    """'#rrggbb' as the canvas' 'rgb(r, g, b)' (what it sends back, too)."""
+    r, g, b = (int(hex_colour[k:k + 2], 16) for k in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
 
 
 _err = friendly  # the studio's one handler wrapper: bad input -> a message, never bare "Error"
@@ -51,25 +88,66 @@ def _counts_md(svc: YoloService, name: str | None) -> str:
     return f"**{done} of {total} labelled**"
 
 
-def _annot_value(svc: YoloService, name: str, image: str) -> dict[str, Any]:
+def legend_html(classes: list[str]) -> str:
+    """The class colours with their hotkeys, shown above the canvas."""
+    if not classes:
+        return "<span>No classes yet: type them in the Classes box and Save classes.</span>"
+    chips = [f'<span style="display:inline-block;margin:0 10px 2px 0">'
+             f'<span style="display:inline-block;width:12px;height:12px;border-radius:2px;'
+             f'vertical-align:middle;background:{class_colour(i)}"></span> '
+             f'<b>{i + 1}</b> {html.escape(c)}</span>' for i, c in enumerate(classes[:40])]
+    return "<div class='yolo-legend'>" + "".join(chips) + "</div>"
+
+
+def _box_dict(b: Box, classes: list[str]) -> dict[str, Any]:
+    return {"xmin": round(b.x1), "ymin": round(b.y1), "xmax": round(b.x2), "ymax": round(b.y2),
+            "label": classes[b.cls] if b.cls < len(classes) else str(b.cls),
+            "color": _rgb(class_colour(b.cls))}
+
+
+def _annot_value(svc: YoloService, name: str, image: str,
+                 boxes: list[Box] | None = None) -> dict[str, Any]:
     ds = svc.dataset(name)
-    boxes = ds.boxes(image) or []
+    if boxes is None:
+        boxes = ds.boxes(image) or []
     classes = ds.classes
-    return {"image": str(ds.image_path(image)),
-            "boxes": [{"xmin": round(b.x1), "ymin": round(b.y1), "xmax": round(b.x2),
-                       "ymax": round(b.y2),
-                       "label": classes[b.cls] if b.cls < len(classes) else str(b.cls)}
-                      for b in boxes]}
+    return {"image": str(ds.image_path(image)), "boxes": [_box_dict(b, classes) for b in boxes]}
 
 
-def _boxes_from_dicts(svc: YoloService, name: str, items: list[dict[str, Any]]) -> list[Box]:
-    """Annotator or API boxes (label name or cls index, pixel corners) to dataset boxes."""
+def _annot_update(svc: YoloService, name: str, image: str,
+                  boxes: list[Box] | None = None) -> Any:
+    """The canvas showing `boxes` (default: the stored ones) with today's class names/colours."""
+    classes = svc.dataset(name).classes
+    return gr.update(value=_annot_value(svc, name, image, boxes), label_list=classes,
+                     label_colors=[class_colour(i) for i in range(len(classes))])
+
+
+def _class_picker_update(classes: list[str], current: str | None = None) -> Any:
+    value = current if current in classes else (classes[0] if classes else None)
+    return gr.update(choices=classes, value=value)
+
+
+def _degenerate(d: dict[str, Any]) -> bool:
+    """A box the canvas sends while it is being drawn (mouse down, not yet dragged)."""
+    try:
+        return abs(float(d["xmax"]) - float(d["xmin"])) < 1 or \
+            abs(float(d["ymax"]) - float(d["ymin"])) < 1
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _boxes_from_dicts(svc: YoloService, name: str, items: list[dict[str, Any]],
+                      skip_degenerate: bool = False) -> list[Box]:
+    """Annotator or API boxes (label name or cls index, pixel corners) to dataset boxes.
+    `skip_degenerate`: drop zero-size boxes (the canvas sends one on every mouse-down)."""
     ds = svc.dataset(name)
     out = []
     for i, d in enumerate(items, 1):
         if not isinstance(d, dict):
             raise ValueError(f"box {i}: each box is an object with xmin, ymin, xmax, ymax and "
                              "label (or cls)")
+        if skip_degenerate and _degenerate(d):
+            continue
         try:
             corners = [float(d[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
         except KeyError as e:
@@ -94,13 +172,60 @@ def _boxes_from_dicts(svc: YoloService, name: str, items: list[dict[str, Any]]) 
     return out
 
 
+def _near(a: Box, b: Box, tol: float = 1.5) -> bool:
+    return max(abs(a.x1 - b.x1), abs(a.y1 - b.y1), abs(a.x2 - b.x2), abs(a.y2 - b.y2)) <= tol
+
+
 def _same(a: list[Box] | None, b: list[Box]) -> bool:
     """Equal within the annotator's whole-pixel rounding."""
     if a is None:
         return False
     return len(a) == len(b) and all(
-        x.cls == y.cls and max(abs(x.x1 - y.x1), abs(x.y1 - y.y1), abs(x.x2 - y.x2),
-                               abs(x.y2 - y.y2)) <= 1.0 for x, y in zip(a, b, strict=False))
+        x.cls == y.cls and _near(x, y, 1.0) for x, y in zip(a, b, strict=False))
+
+
+def assign_new_boxes(items: list[dict[str, Any]], boxes: list[Box], stored: list[Box],
+                     current: int | None, fresh: tuple[Box, float] | None,
+                     now: float) -> tuple[list[Box], tuple[Box, float] | None]:
+    """Give boxes the user has just drawn the class picked for new boxes.
+
+    `items` are the canvas' boxes (degenerate ones already dropped) and `boxes` the same as
+    dataset boxes. A new box is one without a label, or the extra first box (the canvas puts a
+    new box first) that matches no stored box. Right after sending a new box without a label,
+    the canvas labels it with the last label used in its pop-up and sends it again: `fresh`
+    remembers the box for exactly that one next event, whose label is then undone. Returns
+    (boxes, fresh for the next event)."""
+    if current is None:
+        return boxes, None
+    out = list(boxes)
+    new_fresh = None
+    for i, (d, b) in enumerate(zip(items, boxes, strict=True)):
+        unlabelled = not d.get("label") and "cls" not in d
+        extra = (i == 0 and len(boxes) == len(stored) + 1
+                 and not any(_near(b, s) for s in stored))
+        echo = (fresh is not None and now - fresh[1] <= _FRESH_SECONDS
+                and _near(b, fresh[0]) and b.cls != fresh[0].cls)
+        if unlabelled or extra:
+            out[i] = Box(current, b.x1, b.y1, b.x2, b.y2)
+            if unlabelled:  # the canvas' relabel of it is still to come
+                new_fresh = (out[i], now)
+        elif echo:
+            out[i] = Box(fresh[0].cls, b.x1, b.y1, b.x2, b.y2)
+    return out, new_fresh
+
+
+def merge_proposals(existing: list[Box], proposed: list[Box], iou: float = 0.5) -> list[Box]:
+    """Pre-label proposals that add to the user's boxes: every existing box is kept as it is;
+    a proposal that overlaps an existing box of the same class (IoU >= `iou`) is dropped."""
+    def overlap(a: Box, b: Box) -> float:
+        ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+        iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+        inter = ix * iy
+        union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
+        return inter / union if union > 0 else 0.0
+
+    return [p for p in proposed
+            if not any(e.cls == p.cls and overlap(e, p) >= iou for e in existing)]
 
 
 def build_ui(studio: Any) -> None:
@@ -123,18 +248,24 @@ def build_ui(studio: Any) -> None:
 
 # ----- Label ------------------------------------------------------------------------------------
 def _label_tab(svc: YoloService, image_annotator: Any) -> None:
+    from studio.ui.widgets import fill_on_load
+
     with gr.Row():
         dataset = gr.Dropdown(label="Dataset", choices=svc.store.names(), value=None, scale=3,
                               allow_custom_value=True)
         new_name = gr.Textbox(label="New dataset name", placeholder="e.g. parcels", scale=2)
         create = gr.Button("Create", scale=1)
+        starter = gr.Button(f"Starter dataset ({STARTER_NAME})", scale=1)
+    starter_md = gr.Markdown(visible=False)
     with gr.Row():
-        classes = gr.Textbox(label="Classes (one per line or comma-separated)", lines=2, scale=4)
+        classes = gr.Textbox(label="Classes (one per line or comma-separated; renaming or "
+                             "reordering keeps every box's class)", lines=2, scale=4)
         save_classes = gr.Button("Save classes", scale=1)
+    classes_msg = gr.Markdown()
     with gr.Accordion("Add images or import a dataset", open=False):
         uploads = gr.File(label="Images, a zip of images, or a zip of a YOLO (data.yaml) or "
                           "COCO (*.json) dataset", file_count="multiple",
-                          file_types=["image", ".zip"])
+                          file_types=["image", ".zip"], elem_id="yolo-uploads")
         add = gr.Button("Add to dataset")
         report = gr.Markdown()
     with gr.Row():
@@ -143,10 +274,15 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
         next_btn = gr.Button("Next (d) ▶", elem_id="yolo-next", scale=1)
         only_todo = gr.Checkbox(label="Only unlabelled", scale=1)
     counts = gr.Markdown("No dataset selected.")
-    annot = image_annotator(label="Draw boxes: drag to draw, click a box to move, resize or "
-                            "change its class; every edit is saved at once",
-                            image_type="filepath", sources=[], use_default_label=True,
-                            show_clear_button=False, show_remove_button=True, height=520)
+    with gr.Row():
+        current = gr.Radio(label="Class for new boxes (keys 1-9)", choices=[], value=None,
+                           elem_id="yolo-class", scale=3)
+        legend = gr.HTML(legend_html([]), elem_id="yolo-legend")
+    annot = image_annotator(label="Draw boxes: drag to draw (they get the class picked above), "
+                            "click a box to move, resize or change its class; every edit is "
+                            "saved at once", image_type="filepath", sources=[],
+                            use_default_label=True, show_clear_button=False,
+                            show_remove_button=True, height=520, elem_id="yolo-annot")
     with gr.Row():
         background = gr.Button("Mark: no objects")
         clear = gr.Button("Mark unlabelled")
@@ -154,6 +290,10 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
                                 scale=2, allow_custom_value=True)
         pre_conf = gr.Slider(0.05, 0.95, value=0.25, step=0.05, label="Confidence")
         pre_btn = gr.Button("Pre-label")
+    proposal_md = gr.Markdown(visible=False)
+    with gr.Row():
+        accept = gr.Button("Accept proposals", variant="primary", visible=False)
+        discard = gr.Button("Discard proposals", visible=False)
     with gr.Row():
         val_frac = gr.Slider(0.05, 0.5, value=0.2, step=0.05, label="Validation fraction")
         split_btn = gr.Button("Split train/val")
@@ -163,6 +303,17 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
     # Plain-JSON endpoints for scripts (gradio_client); hidden in the page.
     api_boxes = gr.JSON(visible=False)
     api_in = gr.Textbox(visible=False)
+    pending = gr.State(None)  # (dataset, image) while pre-label proposals await Accept
+    fresh = gr.State(None)  # the box just drawn (see assign_new_boxes)
+    fill_on_load(dataset, svc.store.names)
+    fill_on_load(pre_model, svc.model_choices)
+
+    def class_parts(name: str | None, cur: str | None = None):
+        cls = svc.dataset(name).classes if name else []
+        return "\n".join(cls), _class_picker_update(cls, cur), legend_html(cls)
+
+    no_proposals = (None, gr.update(visible=False), gr.update(visible=False),
+                    gr.update(visible=False))
 
     @_err
     def create_dataset(name: str, class_text: str):
@@ -170,37 +321,48 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
         return gr.update(choices=svc.store.names(), value=ds.name), ""
 
     @_err
-    def select_dataset(name: str | None, only: bool):
+    def make_starter():
+        ds, note = svc.starter_dataset()
+        return gr.update(choices=svc.store.names(), value=ds.name), gr.update(value=note,
+                                                                              visible=True)
+
+    @_err
+    def select_dataset(name: str | None, only: bool, cur: str | None):
         if not name:
-            return "", gr.update(choices=[], value=None), "No dataset selected."
+            return ("", gr.update(choices=[], value=None), "No dataset selected.",
+                    gr.update(choices=[], value=None), legend_html([]))
         ds = svc.dataset(name)
         names = ds.images(only_unlabelled=only)
-        return ("\n".join(ds.classes), gr.update(choices=names, value=names[0] if names else None),
-                _counts_md(svc, name))
+        text, picker, leg = class_parts(name, cur)
+        return (text, gr.update(choices=names, value=names[0] if names else None),
+                _counts_md(svc, name), picker, leg)
 
     @_err
-    def set_classes(name: str, class_text: str):
+    def set_classes(name: str, class_text: str, img: str | None = None,
+                    cur: str | None = None):
         ds = svc.dataset(name)
-        return f"Classes: {', '.join(ds.set_classes(_classes_from_text(class_text)))}"
+        names = ds.set_classes(_classes_from_text(class_text))
+        text, picker, leg = class_parts(name, cur)
+        canvas = _annot_update(svc, name, img) if img else gr.skip()
+        return (f"Saved classes: {', '.join(names) or '(none)'}. Boxes keep their classes.",
+                text, picker, leg, canvas)
 
     @_err
-    def add_files(name: str, files: list[Any] | None, only: bool):
+    def add_files(name: str, files: list[Any] | None, only: bool, cur: str | None = None):
         if not files:
             raise gr.Error("Choose some files first.")
         ds = svc.dataset(name)
         rep = ds.add_files([Path(getattr(f, "name", f)) for f in files], svc.work_dir)
         names = ds.images(only_unlabelled=only)
-        return (rep.summary(), "\n".join(ds.classes),
-                gr.update(choices=names, value=names[0] if names else None),
-                _counts_md(svc, name))
+        text, picker, leg = class_parts(name, cur)
+        return (rep.summary(), text, gr.update(choices=names, value=names[0] if names else None),
+                _counts_md(svc, name), picker, leg)
 
     @_err
     def show_image(name: str | None, img: str | None):
         if not name or not img:
-            return gr.update(value=None), _counts_md(svc, name)
-        classes_now = svc.dataset(name).classes
-        value = _annot_value(svc, name, img)
-        return gr.update(value=value, label_list=classes_now), _counts_md(svc, name)
+            return (gr.update(value=None), _counts_md(svc, name), *no_proposals)
+        return (_annot_update(svc, name, img), _counts_md(svc, name), *no_proposals)
 
     def step(delta: int):
         @_err
@@ -215,18 +377,38 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
         return go
 
     @_err
-    def save_from_annotator(name: str | None, img: str | None, value: dict | None):
-        """Save what the annotator shows, unless it is what we just loaded (its change event
-        also fires when we set the value)."""
+    def save_from_annotator(name: str | None, img: str | None, value: dict | None,
+                            cur: str | None, pend: Any, fresh_: Any):
+        """Save what the canvas shows (new boxes get the picked class), unless it is what we
+        just loaded (its change event also fires when we set the value) or pre-label proposals
+        are waiting for Accept. Outputs: counts, canvas, classes text, picker, legend, fresh."""
+        skip = (gr.skip(),) * 6
         if not name or not img or not value or not value.get("image"):
-            return gr.skip()
+            return skip
         ds = svc.dataset(name)
-        boxes = _boxes_from_dicts(svc, name, value.get("boxes") or [])
+        before = ds.classes
+        items = [d for d in (value.get("boxes") or []) if not _degenerate(d)]
+        boxes = _boxes_from_dicts(svc, name, items)
         stored = ds.boxes(img)
+        cur_i = before.index(cur) if cur in before else (0 if before else None)
+        fr = None
+        if isinstance(fresh_, (list, tuple)) and len(fresh_) == 3 \
+                and list(fresh_[0]) == [name, img]:
+            fr = (Box(int(fresh_[1][0]), *map(float, fresh_[1][1:])), float(fresh_[2]))
+        boxes, fr = assign_new_boxes(items, boxes, stored or [], cur_i, fr, time.time())
+        fresh_out = [[name, img], [fr[0].cls, fr[0].x1, fr[0].y1, fr[0].x2, fr[0].y2], fr[1]] \
+            if fr else None
+        shown = _boxes_from_dicts(svc, name, items) if items else []
+        canvas = gr.skip() if _same(shown, boxes) and ds.classes == before \
+            else _annot_update(svc, name, img, boxes)
+        after = ds.classes
+        cls_out = class_parts(name, cur) if after != before else (gr.skip(),) * 3
+        if pend and tuple(pend) == (name, img):  # proposals on screen: saved on Accept only
+            return (gr.skip(), canvas, *cls_out, fresh_out)
         if (stored is None and not boxes) or _same(stored, boxes):
-            return gr.skip()
+            return (gr.skip(), canvas, *cls_out, fresh_out)
         ds.set_boxes(img, boxes)
-        return _counts_md(svc, name)
+        return (_counts_md(svc, name), canvas, *cls_out, fresh_out)
 
     @_err
     def mark(name: str, img: str, background_: bool):
@@ -234,12 +416,18 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
         if not img:
             raise gr.Error("Pick an image first.")
         ds.set_boxes(img, []) if background_ else ds.clear_labels(img)
-        return gr.update(value=_annot_value(svc, name, img)), _counts_md(svc, name)
+        return (_annot_update(svc, name, img), _counts_md(svc, name), *no_proposals)
 
     @_err
     def do_prelabel(name: str, img: str, model_path: str | None, conf: float):
+        """Model suggestions as proposals next to the user's boxes: nothing is saved until
+        Accept, and no box of the user's is ever removed."""
+        if not name or not img:
+            gr.Warning("Pick a dataset and an image first.")
+            return (gr.skip(),) * 5
         if not model_path:
-            raise gr.Error("Train a model first (Train tab), then pick it here.")
+            gr.Warning("Pre-label needs a model: train one (Train tab), then pick it here.")
+            return (gr.skip(),) * 5
         ds = svc.dataset(name)
         key = svc.model_key(model_path)
         from PIL import Image
@@ -248,13 +436,38 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
         import numpy as np
 
         with svc.studio.models.use(key) as model:
-            boxes = prelabel(model, np.asarray(rgb), ds.classes, conf=conf,
-                             device=svc.studio.device)
-        value = {"image": str(ds.image_path(img)),
-                 "boxes": [{"xmin": round(b.x1), "ymin": round(b.y1), "xmax": round(b.x2),
-                            "ymax": round(b.y2), "label": ds.classes[b.cls]} for b in boxes]}
-        gr.Info(f"{len(boxes)} suggested box(es): fix or delete them; edits are saved.")
-        return value
+            suggested = prelabel(model, np.asarray(rgb), ds.classes, conf=float(conf),
+                                 device=svc.studio.device)
+        mine = ds.boxes(img) or []
+        new = merge_proposals(mine, suggested)
+        if not new:
+            msg = (f"The model proposed no new boxes at confidence {float(conf):.2f}; your "
+                   f"{len(mine)} box(es) are unchanged.")
+            gr.Info(msg)
+            return (gr.skip(), None, gr.update(value=msg, visible=True),
+                    gr.update(visible=False), gr.update(visible=False))
+        msg = (f"**{len(new)} proposed box(es)** added to your {len(mine)} (nothing saved yet): "
+               "fix or delete them on the canvas, then **Accept**; **Discard** restores your "
+               "boxes.")
+        return (_annot_update(svc, name, img, mine + new), [name, img],
+                gr.update(value=msg, visible=True), gr.update(visible=True),
+                gr.update(visible=True))
+
+    @_err
+    def accept_proposals(name: str, img: str, value: dict | None, pend: Any):
+        if not pend or tuple(pend) != (name, img) or not value:
+            gr.Info("No proposals to accept on this image.")
+            return (gr.skip(), gr.skip(), *no_proposals)
+        ds = svc.dataset(name)
+        items = [d for d in (value.get("boxes") or []) if not _degenerate(d)]
+        n = ds.set_boxes(img, _boxes_from_dicts(svc, name, items))
+        gr.Info(f"Saved {n} box(es).")
+        return (_annot_update(svc, name, img), _counts_md(svc, name), *no_proposals)
+
+    @_err
+    def discard_proposals(name: str, img: str):
+        return (_annot_update(svc, name, img) if name and img else gr.skip(),
+                _counts_md(svc, name), *no_proposals)
 
     @_err
     def split(name: str, frac: float):
@@ -294,28 +507,39 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
         n = svc.dataset(name).set_boxes(img, _boxes_from_dicts(svc, name, items))
         return api_get_boxes(name, img) | {"saved": n}
 
+    proposal_outs = [pending, proposal_md, accept, discard]
     create.click(create_dataset, [new_name, classes], [dataset, new_name],
                  api_name="yolo_create_dataset")
-    dataset.change(select_dataset, [dataset, only_todo], [classes, image, counts],
+    starter.click(make_starter, None, [dataset, starter_md], api_name="yolo_starter_dataset")
+    sel_outs = [classes, image, counts, current, legend]
+    dataset.change(select_dataset, [dataset, only_todo, current], sel_outs,
                    api_visibility="private")
-    only_todo.change(select_dataset, [dataset, only_todo], [classes, image, counts],
+    only_todo.change(select_dataset, [dataset, only_todo, current], sel_outs,
                      api_visibility="private")
-    save_classes.click(set_classes, [dataset, classes], [report], api_name="yolo_set_classes")
-    add.click(add_files, [dataset, uploads, only_todo], [report, classes, image, counts],
-              api_name="yolo_add_files")
-    image.change(show_image, [dataset, image], [annot, counts], api_visibility="private")
+    save_classes.click(set_classes, [dataset, classes, image, current],
+                       [classes_msg, classes, current, legend, annot],
+                       api_name="yolo_set_classes")
+    add.click(add_files, [dataset, uploads, only_todo, current],
+              [report, classes, image, counts, current, legend], api_name="yolo_add_files")
+    image.change(show_image, [dataset, image], [annot, counts, *proposal_outs],
+                 api_visibility="private")
     prev_btn.click(step(-1), [dataset, image, only_todo], [image], api_visibility="private")
     next_btn.click(step(+1), [dataset, image, only_todo], [image], api_visibility="private")
-    annot.change(save_from_annotator, [dataset, image, annot], [counts],
+    annot.change(save_from_annotator, [dataset, image, annot, current, pending, fresh],
+                 [counts, annot, classes, current, legend, fresh],
                  api_visibility="private", show_progress="hidden")
-    background.click(lambda n, i: mark(n, i, True), [dataset, image], [annot, counts],
-                     api_visibility="private")
-    clear.click(lambda n, i: mark(n, i, False), [dataset, image], [annot, counts],
-                api_visibility="private")
+    background.click(lambda n, i: mark(n, i, True), [dataset, image],
+                     [annot, counts, *proposal_outs], api_visibility="private")
+    clear.click(lambda n, i: mark(n, i, False), [dataset, image],
+                [annot, counts, *proposal_outs], api_visibility="private")
     pre_model.focus(lambda: gr.update(choices=svc.model_choices()), outputs=[pre_model],
                     api_visibility="private", queue=False)
-    pre_btn.click(do_prelabel, [dataset, image, pre_model, pre_conf], [annot],
-                  api_visibility="private", concurrency_id="gpu")
+    pre_btn.click(do_prelabel, [dataset, image, pre_model, pre_conf],
+                  [annot, *proposal_outs], api_name="yolo_prelabel", concurrency_id="gpu")
+    accept.click(accept_proposals, [dataset, image, annot, pending],
+                 [annot, counts, *proposal_outs], api_name="yolo_accept_proposals")
+    discard.click(discard_proposals, [dataset, image], [annot, counts, *proposal_outs],
+                  api_name="yolo_discard_proposals")
     split_btn.click(split, [dataset, val_frac], [split_md], api_name="yolo_split")
     export_btn.click(export_zip, [dataset], [export_file], api_name="yolo_export_dataset")
     hidden = gr.Button(visible=False)
@@ -328,6 +552,9 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
 
 # ----- Train ------------------------------------------------------------------------------------
 def _train_tab(studio: Any, svc: YoloService, job_panel: Any) -> None:
+    from studio.ui import views
+    from studio.ui.widgets import fill_on_load
+
     meta = {name: f.metadata for name, f in TrainConfig.__dataclass_fields__.items()}
     d = TrainConfig()
     default_model = studio.choices["yolo"].source if "yolo" in studio.choices else d.model
@@ -353,9 +580,16 @@ def _train_tab(studio: Any, svc: YoloService, job_panel: Any) -> None:
         trust_model = gr.Checkbox(False, label="I trust this model file",
                                   info="a .pt from elsewhere is a pickle and can run code; "
                                   "untrusted ones load only if they hold a plain checkpoint")
-    start = gr.Button("Start training", variant="primary")
-    panel = job_panel(studio, kind="yolo", plot_keys=("box_loss", "cls_loss", "mAP50",
-                                                      "mAP50_95"))
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", scale=3)
+        starter_fill = gr.Button(f"Settings for the {STARTER_NAME} set", scale=1)
+    gr.Markdown(SCRATCH_NOTE)
+    # Losses and accuracy have different scales: one plot each (the panel's plot has the
+    # losses, the accuracy plot below follows the same run).
+    panel = job_panel(studio, kind="yolo", plot_keys=("box_loss", "cls_loss", "dfl_loss"))
+    acc_plot = gr.LinePlot(x="step", y="value", color="series", title="Accuracy (val)",
+                           height=220, label="mAP per epoch", y_lim=[0, 1])
+    acc_timer = gr.Timer(2.0)
     with gr.Accordion("Results: metrics table and plots", open=False):
         show = gr.Button("Show results of the selected run")
         table = gr.Dataframe(label="Per-epoch metrics", interactive=False)
@@ -382,6 +616,28 @@ def _train_tab(studio: Any, svc: YoloService, job_panel: Any) -> None:
 
         return pd.DataFrame(rows, columns=headers) if headers else None, images
 
+    def accuracy(run_id: str | None):
+        if not run_id:
+            return None
+        try:
+            v = studio.jobs.view(run_id)
+        except KeyError:
+            return None
+        return views.metrics_frame(v, ("mAP50", "mAP50_95"))
+
+    def fill_starter():
+        r = STARTER_RECIPE
+        return (gr.update(choices=svc.store.names(), value=STARTER_NAME)
+                if STARTER_NAME in svc.store.names() else gr.skip(),
+                r["model"], r["epochs"], r["imgsz"], r["batch"])
+
+    fill_on_load(dataset, svc.store.names)
+    starter_fill.click(fill_starter, None, [dataset, model, epochs, imgsz, batch],
+                       api_visibility="private")
+    panel.run_picker.change(accuracy, [panel.run_picker], [acc_plot], api_visibility="private",
+                            show_progress="hidden")
+    acc_timer.tick(accuracy, [panel.run_picker], [acc_plot], api_visibility="private",
+                   show_progress="hidden", queue=False)
     dataset.focus(lambda: gr.update(choices=svc.store.names()), outputs=[dataset],
                   api_visibility="private", queue=False)
     start.click(start_training, [dataset, model, epochs, imgsz, batch, patience, seed, amp,
@@ -401,19 +657,25 @@ def _export_tab(svc: YoloService) -> None:
     table = gr.Dataframe(headers=TABLE_HEADERS, label="Latency and accuracy per format",
                          interactive=False)
     notes = gr.Markdown()
-    files = gr.File(label="Exported files", file_count="multiple", interactive=False)
+    files = gr.File(label="Download: trained weights (.pt) and exports (.onnx)",
+                    file_count="multiple", interactive=False)
 
     def run_choices():
-        return [(v.title + f" · {v.status}", v.id) for v in svc.runs()
+        # no status in the label: it would go stale in the dropdown (and only runs that have
+        # trained weights are listed, i.e. finished ones)
+        return [(v.title + f" · {v.id}", v.id) for v in svc.runs()
                 if any(a["kind"] == "model" for a in v.artifacts)]
 
     @_err
     def export(run_id: str | None, progress=gr.Progress()):  # noqa: B008
         if not run_id:
             raise gr.Error("Pick a finished run.")
-        progress(0.1, desc="exporting ONNX, then timing each format")
-        rows, note = svc.export_and_benchmark(run_id)
+        rows, note = svc.export_and_benchmark(run_id, progress=progress)
         return table_rows(rows), "\n".join(f"- {n}" for n in note), [r.file for r in rows]
+
+    from studio.ui.widgets import fill_on_load
+
+    fill_on_load(run, run_choices)
 
     run.focus(lambda: gr.update(choices=run_choices()), outputs=[run], api_visibility="private",
               queue=False)
@@ -433,12 +695,22 @@ def _detect_tab(studio: Any, svc: YoloService) -> None:
     with gr.Row():
         conf = gr.Slider(0.01, 0.99, value=0.25, step=0.01, label="Confidence")
         iou = gr.Slider(0.05, 0.95, value=0.7, step=0.05, label="IoU (NMS)")
-    with gr.Tab("Image / webcam"):
+    with gr.Tab("Image"):
         with gr.Row():
-            inp = gr.Image(label="Image", sources=["upload", "webcam", "clipboard"], type="numpy")
-            out = gr.Image(label="Detections (download with the button)", format="png")
+            # Not streaming: a streaming Image never hands an upload or a paste to Detect.
+            # Live webcam detection has its own tab below.
+            inp = gr.Image(label="Image (upload, paste, or a webcam snapshot)",
+                           sources=["upload", "clipboard", "webcam"], type="numpy",
+                           elem_id="yolo-detect-input")
+            out = gr.Image(label="Detections (download with the button)", format="png",
+                           elem_id="yolo-detect-output")
         go = gr.Button("Detect", variant="primary")
         rows = gr.Dataframe(headers=ROW_HEADERS, label="Boxes", interactive=False)
+    with gr.Tab("Webcam (live)"):
+        with gr.Row():
+            cam = gr.Image(label="Webcam", sources=["webcam"], type="numpy", streaming=True)
+            cam_out = gr.Image(label="Detections")
+        cam_rows = gr.Dataframe(headers=ROW_HEADERS, label="Boxes", interactive=False)
     with gr.Tab("Video file"):
         vin = gr.Video(label="Video", sources=["upload"])
         vgo = gr.Button("Detect in video", variant="primary")
@@ -472,11 +744,14 @@ def _detect_tab(studio: Any, svc: YoloService) -> None:
                                    device=studio.device, progress=progress)
         return str(path)
 
+    from studio.ui.widgets import fill_on_load
+
+    fill_on_load(model, svc.model_choices)
     model.focus(lambda: gr.update(choices=svc.model_choices()), outputs=[model],
                 api_visibility="private", queue=False)
     go.click(run_image, [inp, model, upload, trust, conf, iou], [out, rows],
              api_name="yolo_detect", concurrency_id="gpu")
-    inp.stream(run_image, [inp, model, upload, trust, conf, iou], [out, rows],
+    cam.stream(run_image, [cam, model, upload, trust, conf, iou], [cam_out, cam_rows],
                api_visibility="private", concurrency_id="gpu", stream_every=0.5)
     vgo.click(run_video, [vin, model, upload, trust, conf, iou], [vout],
               api_name="yolo_detect_video", concurrency_id="gpu")

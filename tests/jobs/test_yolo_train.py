@@ -47,7 +47,13 @@ def test_trains_from_scratch_to_real_map_and_onnx_matches(studio, tmp_path):
     # An untrained (random) YOLOv8n scores ~0 here; only real learning gets past 0.5.
     assert final["mAP50"] > 0.5, final
 
-    rows, notes = svc.export_and_benchmark(run_id, runs=3)
+    told = []
+    rows, notes = svc.export_and_benchmark(run_id, runs=3,
+                                           progress=lambda f, desc="": told.append((f, desc)))
+    # the progress bar moves through every step (it sat at 10 % for the whole export)
+    fractions = [f for f, _ in told]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(told) >= 5
+    assert any("ONNX" in d and "mAP" in d for _, d in told)
     by_fmt = {r.format: r for r in rows}
     assert set(by_fmt) == {"PyTorch", "ONNX"} and "TensorRT" in notes[0]
     assert abs(by_fmt["ONNX"].map50 - by_fmt["PyTorch"].map50) < 0.02
@@ -99,3 +105,21 @@ def test_cancel_keeps_last_pt_and_resume_continues(studio, tmp_path):
     # The second attempt continued after the cancelled epoch instead of starting over.
     assert steps.count(1) == 1 and steps[len(steps) - (5 - stopped_at):] == list(
         range(stopped_at + 1, 6))
+
+
+@pytest.mark.timeout(1800)  # ~2 min on an idle 2-core CPU, ~10 on a busy one
+def test_starter_recipe_trains_to_a_useful_map(studio, tmp_path):
+    """Issue 24 item 7: offline, the starter dataset with the settings the Train tab fills in
+    trains from scratch on a CPU to the mAP the Label tab promises."""
+    from tabs.yolo.service import STARTER_MAP50, STARTER_NAME, STARTER_RECIPE
+
+    svc = get_service(studio)
+    ds, note = svc.starter_dataset()
+    assert ds.name == STARTER_NAME and ds.counts() == (144, 144)
+    assert STARTER_MAP50 in note
+    cfg = TrainConfig(**STARTER_RECIPE, workers=0, plots=False, seed=0, offline=True)
+    run_id = svc.start_training(STARTER_NAME, cfg)
+    v = studio.jobs.wait(run_id, timeout=1500)
+    assert v.status == "succeeded", v.error + v.log_tail
+    final = json.loads((Path(v.run_dir) / "results.json").read_text())["final"]
+    assert final["mAP50"] > 0.8, final  # we promise ~0.99; a random model scores ~0
