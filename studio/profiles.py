@@ -28,7 +28,7 @@ def full_profile() -> dict[str, ModelChoice]:
                             "nf4"),
         "embedder": ModelChoice("embedder", "BAAI/bge-small-en-v1.5", "bge-small-en-v1.5"),
         "reranker": ModelChoice("reranker", "BAAI/bge-reranker-base", "bge-reranker-base"),
-        "whisper": ModelChoice("whisper", "large-v3", "Whisper large-v3", "fp16"),
+        "whisper": ModelChoice("whisper", "large-v3-turbo", "Whisper large-v3-turbo", "fp16"),
         "diarization": ModelChoice("diarization", "pyannote/speaker-diarization-community-1",
                                    "pyannote community-1"),
         "sd": ModelChoice("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5", "SD 1.5", "fp16"),

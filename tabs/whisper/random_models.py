@@ -1,7 +1,8 @@
 """Random-weight models of the real architectures, for plumbing tests and speed benchmarks where
 no weights can be had (CPU CI has only tiny.en's CTranslate2 files; the GPU machine has none).
 
-- `random_whisper_folder`: a transformers Whisper folder (tiny, tiny.en or large-v3 shapes)
+- `random_whisper_folder`: a transformers Whisper folder (tiny, tiny.en, large-v3,
+  large-v3-turbo or distil-large-v3 shapes)
   with tiny.en's real tokenizer, loadable by the tab's transformers engine like any real one.
 - `random_pyannote_pipeline`: pyannote's real `SpeakerDiarization` pipeline over models built
   from their classes: segmentation-3.0's PyanNet + WeSpeaker ResNet34 (``real``), or tiny ones.
@@ -31,6 +32,15 @@ WHISPER_ARCHS: dict[str, dict[str, int]] = {
                  "encoder_attention_heads": 20, "decoder_attention_heads": 20,
                  "encoder_ffn_dim": 5120, "decoder_ffn_dim": 5120, "num_mel_bins": 128,
                  "vocab_size": 51866},
+    # large-v3's encoder with 4 (turbo) or 2 (distil) decoder layers
+    "large-v3-turbo": {"d_model": 1280, "encoder_layers": 32, "decoder_layers": 4,
+                       "encoder_attention_heads": 20, "decoder_attention_heads": 20,
+                       "encoder_ffn_dim": 5120, "decoder_ffn_dim": 5120, "num_mel_bins": 128,
+                       "vocab_size": 51866},
+    "distil-large-v3": {"d_model": 1280, "encoder_layers": 32, "decoder_layers": 2,
+                        "encoder_attention_heads": 20, "decoder_attention_heads": 20,
+                        "encoder_ffn_dim": 5120, "decoder_ffn_dim": 5120, "num_mel_bins": 128,
+                        "vocab_size": 51866},
     # large-v3's shapes scaled down (2+2 layers, 128 mels, 51866 tokens) for CPU plumbing tests
     "large-v3-mini": {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
                       "encoder_attention_heads": 2, "decoder_attention_heads": 2,
@@ -40,6 +50,9 @@ WHISPER_ARCHS: dict[str, dict[str, int]] = {
 # large-v3's own cross-attention heads for word timestamps; smaller models use the last layer.
 LARGE_V3_ALIGNMENT_HEADS = [[7, 0], [10, 17], [12, 18], [13, 12], [16, 1], [17, 14], [19, 11],
                             [21, 4], [24, 1], [25, 6]]
+# large-v3-turbo's (openai/whisper-large-v3-turbo generation_config.json)
+TURBO_ALIGNMENT_HEADS = [[2, 4], [2, 11], [3, 3], [3, 6], [3, 11], [3, 14]]
+ALIGNMENT_HEADS = {"large-v3": LARGE_V3_ALIGNMENT_HEADS, "large-v3-turbo": TURBO_ALIGNMENT_HEADS}
 TINY_EN_VOCAB = 51864  # tiny.en's tokenizer: text, specials and 1501 timestamps
 
 
@@ -90,8 +103,8 @@ def random_whisper_folder(out: Path, arch: str, tokenizer_dir: Path, *, dtype: A
     g.no_timestamps_token_id, g.is_multilingual = 50362, False
     g.suppress_tokens, g.begin_suppress_tokens = extra, [220, 50256]
     last = shape["decoder_layers"] - 1
-    g.alignment_heads = (LARGE_V3_ALIGNMENT_HEADS if arch == "large-v3"
-                         else [[last, h] for h in range(shape["decoder_attention_heads"])])
+    g.alignment_heads = ALIGNMENT_HEADS.get(
+        arch, [[last, h] for h in range(shape["decoder_attention_heads"])])
     if fixed_tokens:
         g.min_new_tokens = g.max_new_tokens = fixed_tokens
     g._from_model_config = False  # else loading rebuilds it from the model config

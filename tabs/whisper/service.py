@@ -98,7 +98,9 @@ class WhisperService:
         if "/" in model:
             repo, what = model, f"Whisper {model}"
         elif engine == "transformers":
-            repo, what = f"openai/whisper-{model}", f"Whisper {model}"
+            from tabs.whisper.engines import hub_id
+
+            repo, what = hub_id(model), f"Whisper {model}"
         else:
             repo, what = whisper_repo(model) or model, f"Whisper {model}"
         whisper_cache = hub.studio_cache_dirs(self.studio.settings)["whisper"]

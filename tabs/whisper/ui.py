@@ -21,8 +21,15 @@ import gradio as gr
 from studio.llm import LLMError, ModelLoadError
 from studio.models import BudgetExceeded
 from studio.sessions import session_of
+from studio.ui.examples import asset
 from tabs.whisper.audio import AUDIO_EXTS, VIDEO_EXTS
-from tabs.whisper.config import COMPUTE_TYPES, ENGINES, MODEL_SIZES, TranscribeConfig
+from tabs.whisper.config import (
+    COMPUTE_TYPES,
+    ENGINES,
+    GPU_DEFAULT_MODEL,
+    MODEL_SIZES,
+    TranscribeConfig,
+)
 from tabs.whisper.formats import FORMATS, clock
 from tabs.whisper.postedit import diff_html
 from tabs.whisper.service import WEAK, WhisperService, get_service, model_title
@@ -140,7 +147,7 @@ def _config(model, engine, compute, language, beam, prompt, hotwords, vad, words
 def build_ui(studio: Any) -> None:
     svc: WhisperService = get_service(studio)
     choice = studio.choices.get("whisper")
-    default_model = choice.source if choice and choice.source else "large-v3"
+    default_model = choice.source if choice and choice.source else GPU_DEFAULT_MODEL
     exts = sorted(AUDIO_EXTS | VIDEO_EXTS)
     method = svc.diarization_method()
     dia_label, dia_info = speakers_label(method)
@@ -183,6 +190,11 @@ def build_ui(studio: Any) -> None:
             with gr.Row():
                 go = gr.Button("Transcribe", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
+            clip = asset("whisper", "meeting-note.wav")
+            if clip:
+                gr.Examples([[clip]], inputs=[upload], cache_examples=False,
+                            label="Example recording (6 s of synthetic speech)",
+                            elem_id="whisper-examples")
         with gr.Column(scale=3):
             notes = gr.Markdown(elem_id="whisper-notes")
             view = gr.HTML(EMPTY, js_on_load=CLICK_JS, css_template=VIEW_CSS,

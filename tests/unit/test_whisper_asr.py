@@ -111,10 +111,17 @@ def test_sample_clip_wer_and_no_diarization_note(svc):
     sample = Path(pyannote.audio.__file__).parent / "sample"
     ref = " ".join(line.split(" ", 5)[5] for line in
                    (sample / "sample.stm").read_text().splitlines() if line.strip())
-    t = svc.transcribe(sample / "sample.wav", TranscribeConfig(beam_size=5, vad=True))
+    # no pyannote offline: speakers come from the weak d-vector fallback when its weights are
+    # installed (tests/unit/test_whisper_issue24.py measures it), else there are none
+    t = svc.transcribe(sample / "sample.wav", TranscribeConfig(beam_size=5, vad=True,
+                                                               diarize=False))
     assert wer(ref, t.text) <= SAMPLE_WER_MAX, t.text
-    assert any("no diarization weights" in n for n in t.notes)
     assert all(s.speaker is None for s in t.segments)
+    from tabs.whisper import dvector
+
+    if not dvector.available():
+        t2 = svc.transcribe(sample / "sample.wav", TranscribeConfig(beam_size=1, vad=True))
+        assert any("no diarization weights" in n for n in t2.notes)
     tid = svc.save(t)
     srt = svc.export(tid, "srt").read_text()
     assert "Chicago" in srt and "-->" in srt
@@ -204,11 +211,19 @@ def test_transformers_engine_plumbing_with_tiny_random_model(svc, dialogue, tmp_
     assert sum("transcribing" in m for m in seen) >= 1  # one progress step per 30 s window
     times = [(w.start, w.end) for s in t.segments for w in s.words]
     assert times and all(0 <= a <= b <= t.duration + 0.01 for a, b in times)
-    # transformers flips the model to eager attention for word timestamps; only the decoder
-    # needs it, the encoder keeps SDPA
+    # beam 1 runs the static-cache decoder (word times from its own cross-attention DTW): the
+    # model stays on SDPA throughout
     from tabs.whisper.engines import attention_in_use
 
+    assert any("static-cache decoder" in n for n in t.notes), t.notes
     engine, _ = svc.engine_for(TranscribeConfig(model=str(folder)))
+    with svc.studio.models.use(engine.key) as pipe:
+        assert attention_in_use(pipe.model) == {"encoder": "sdpa", "decoder": "sdpa"}
+    # beam search goes through generate(), which flips the model to eager attention for word
+    # timestamps; only the decoder needs it, the encoder keeps SDPA
+    t2 = svc.transcribe(dialogue[0], TranscribeConfig(model=str(folder), batch_size=1,
+                                                      beam_size=2, diarize=False))
+    assert any("generate()" in n for n in t2.notes) and t2.segments
     with svc.studio.models.use(engine.key) as pipe:
         assert attention_in_use(pipe.model) == {"encoder": "sdpa", "decoder": "eager"}
 
