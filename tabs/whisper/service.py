@@ -130,6 +130,13 @@ class WhisperService:
             report(0.05 + 0.75 * done / max(total, 1e-6),
                    f"transcribing {formats.clock(done)} / {formats.clock(total)}")
 
+        # On a GPU the speaker search runs beside the transcription (the engine sized its
+        # batches leaving diarization's share of the budget); on a CPU they would only fight
+        # over the same cores, so it runs after.
+        beside = None
+        if cfg.diarize and self.diarize_beside_asr():
+            beside = _Background(lambda: self._diarize(audio, cfg, hf_token, diarization_source,
+                                                       diarizer))
         if on_segment is not None and _accepts(engine.transcribe, "on_segment"):
             res = engine.transcribe(audio, cfg, asr_progress, stop, on_segment=on_segment)
         else:
@@ -145,7 +152,16 @@ class WhisperService:
             heard = audio[: int(res.stopped_at * 16000) + 16000]
         turns: list[Turn] | None = None
         method = ""
-        if cfg.diarize and not (stop is not None and stop.is_set()):
+        if beside is not None:
+            report(0.82, "finding speakers (started with the transcription)")
+            turns, note, method = beside.result()
+            if turns and res.stopped_at is not None:  # only what the partial transcript covers
+                end = len(heard) / 16000
+                turns = [Turn(t.start, min(t.end, end), t.speaker) for t in turns
+                         if t.start < end]
+            if note:
+                notes.append(note)
+        elif cfg.diarize and not (stop is not None and stop.is_set()):
             report(0.82, "finding speakers")
             turns, note, method = self._diarize(heard, cfg, hf_token, diarization_source,
                                                 diarizer)
@@ -162,6 +178,10 @@ class WhisperService:
                        "(audio seconds per second of transcription)")
         report(1.0, "done")
         return t
+
+    def diarize_beside_asr(self) -> bool:
+        """Whether speakers are searched while the transcription runs: on a GPU only."""
+        return getattr(self.studio.probe, "device", "cpu") == "cuda"
 
     def weak_diarizer(self) -> Any:
         if self._weak is None:
@@ -352,3 +372,26 @@ def model_title(model: str, choice: Any = None) -> str:
         if name.startswith(prefix):
             name = name[len(prefix):]
     return f"Whisper {name}" if name else "Whisper"
+
+
+class _Background:
+    """A call run in a thread; `result()` waits for it and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._out: Any = None
+        self._err: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True,
+                                        name="diarize-beside-asr")
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self._out = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by result()
+            self._err = e
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._err is not None:
+            raise self._err
+        return self._out

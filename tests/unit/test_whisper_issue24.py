@@ -275,3 +275,46 @@ def test_offline_transcripts_get_speakers_from_the_weak_fallback_labelled_as_suc
                                        None)
     assert method == WEAK and len({t.speaker for t in turns}) == 2
     assert "weak offline fallback" in note and "not pyannote" in note
+
+
+@pytest.mark.parametrize("on_gpu", [True, False])
+def test_speakers_are_searched_beside_the_transcription_on_a_gpu_only(studio, tmp_path,
+                                                                       monkeypatch, on_gpu):
+    """#23: on a GPU diarization overlaps the transcription (the engine left it its share of
+    the budget); on a CPU it runs after, since both would fight over the same cores."""
+    import threading
+
+    from tabs.whisper.config import TranscribeConfig
+    from tabs.whisper.engines import EngineResult
+    from tabs.whisper.service import get_service
+    from tabs.whisper.speakers import Turn
+    from tabs.whisper.transcript import Word
+
+    wav = tmp_path / "two.wav"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=300:duration=4", "-ar", "16000", "-ac", "1", str(wav)],
+                   check=True)
+    diarizing = threading.Event()
+    seen = {}
+
+    class Engine:
+        name = "fake"
+
+        def transcribe(self, audio, cfg, progress, stop):
+            seen["overlapped"] = diarizing.wait(3.0)  # is the speaker search already running?
+            words = [Word(0.2, 0.8, " hello"), Word(2.2, 2.8, " there")]
+            return EngineResult(words, [], "en", 4.0)
+
+    class Diarizer:
+        def diarize(self, audio, num, lo, hi):
+            diarizing.set()
+            seen["thread"] = threading.current_thread().name
+            return [Turn(0.0, 1.5, "SPEAKER_00"), Turn(1.5, 4.0, "SPEAKER_01")]
+
+    svc = get_service(studio)
+    monkeypatch.setattr(svc, "engine_for", lambda cfg: (Engine(), "fake engine"))
+    monkeypatch.setattr(svc, "diarize_beside_asr", lambda: on_gpu)
+    t = svc.transcribe(wav, TranscribeConfig(diarize=True).validate(), diarizer=Diarizer())
+    assert seen["overlapped"] is on_gpu
+    assert (seen["thread"] == "diarize-beside-asr") is on_gpu
+    assert [s.speaker for s in t.segments] == ["SPEAKER_00", "SPEAKER_01"]
