@@ -98,6 +98,9 @@ class SDTrainConfig(JobConfig):
                                  "hub id or local diffusers folder giving a .safetensors base "
                                  "its configs; empty = the SD 1.5 or SDXL repo, detected "
                                  "from the file")
+    base_model_path: str = _f("", "Base model on disk",
+                              "filled when the job is queued: the hub id's folder in the "
+                              "cache, so the job never goes to the network", max_chars=4096)
 
 
 

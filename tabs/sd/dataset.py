@@ -25,6 +25,7 @@ import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from studio.safety import DEFAULT_EXTRACT_BUDGET, safe_extract
@@ -35,6 +36,7 @@ FILE_COLUMNS = ("file_name", "filename", "file", "image", "path")
 RECOMMENDED = (20, 150)
 BUCKET_MAX_RATIO = 2.0  # wider or taller buckets leave too few pixels on the short side
 CROPS = ("center", "smart")
+UPSCALE_TOLERANCE = 1.05  # a few percent of enlargement is invisible
 
 
 @dataclass
@@ -65,6 +67,7 @@ class PreparedDataset:
     notes: list[str] = field(default_factory=list)
     buckets: bool = False
     crop: str = "center"
+    warnings: list[str] = field(default_factory=list)  # also in notes; the UI toasts them
 
     @property
     def hash(self) -> str:
@@ -249,6 +252,7 @@ def prepare_dataset(paths: list[Path], out_dir: Path, size: int = 512, instance_
                 except (ValueError, csv.Error, UnicodeDecodeError) as e:
                     ds.skipped.append(Skipped(f.name, f"caption CSV not used: {e}"))
         seen: set[str] = set()
+        upscaled: list[str] = []
         for f in files:
             ext = f.suffix.lower()
             if ext in (".txt", ".csv"):
@@ -264,16 +268,28 @@ def prepare_dataset(paths: list[Path], out_dir: Path, size: int = 512, instance_
                 ds.skipped.append(Skipped(f.name, "no caption: add NAME.txt, a CSV row, or an "
                                           "instance prompt"))
                 continue
+            scale: list[float] = []  # ImageOps.fit's resize factor, seen by shape_for
             try:
-                im = load_fitted(f, min_side, lambda w, h: nearest_bucket(w, h, shapes), crop)
+                im = load_fitted(f, min_side, partial(_fit_shape, shapes=shapes, scale=scale),
+                                 crop)
             except ValueError as e:
                 ds.skipped.append(Skipped(f.name, str(e)))
                 continue
+            if scale and scale[0] > UPSCALE_TOLERANCE:
+                upscaled.append(f"{f.name} ({im.width}x{im.height} from a smaller original, "
+                                f"x{scale[0]:.1f})")
             seen.add(f.name)
             name = f"{len(ds.items):04d}.png"
             im.save(out_dir / name)
             ds.items.append(DatasetItem(file_name=name, text=caption, source=f.name,
                                         width=im.width, height=im.height))
+    if upscaled:
+        ds.warnings.append(
+            f"warning: {len(upscaled)} of {len(ds.items)} images are smaller than the training "
+            f"size ({size} px) and were enlarged, so they look soft and the LoRA learns the "
+            f"blur; use larger originals or a lower resolution: {', '.join(upscaled[:8])}"
+            + (" …" if len(upscaled) > 8 else ""))
+        ds.notes += ds.warnings
     lo, hi = RECOMMENDED
     if ds.items and not lo <= len(ds.items) <= hi:
         ds.notes.append(f"note: {lo}-{hi} images work best; you have {len(ds.items)}.")
@@ -281,6 +297,14 @@ def prepare_dataset(paths: list[Path], out_dir: Path, size: int = 512, instance_
     (out_dir / "dataset.json").write_text(json.dumps({"size": size, "buckets": buckets,
                                                       "crop": crop}))
     return ds
+
+
+def _fit_shape(w: int, h: int, shapes: list[tuple[int, int]],
+               scale: list[float]) -> tuple[int, int]:
+    """The bucket of a `w` x `h` image; records in `scale` how much the fit enlarges it."""
+    shape = nearest_bucket(w, h, shapes)
+    scale.append(max(shape[0] / w, shape[1] / h))
+    return shape
 
 
 def _caption_for(f: Path, sidecars: dict[str, Path], csv_captions: dict[str, str],
@@ -327,14 +351,23 @@ def load_dataset(folder: Path) -> PreparedDataset:
                            crop=str(info.get("crop", "center")))
 
 
-def update_captions(folder: Path, captions: dict[str, str]) -> PreparedDataset:
-    """Apply captions edited in the preview grid (``{file_name: caption}``)."""
+def update_captions(folder: Path, captions: dict[str, str]) -> tuple[PreparedDataset, int]:
+    """Apply captions edited in the preview grid (``{file_name: caption}``); returns the
+    dataset and how many captions changed. A file name that is not in the dataset (a renamed
+    cell) is refused with nothing written, so no caption is dropped without a word."""
     ds = load_dataset(folder)
+    names = {it.file_name for it in ds.items}
+    unknown = [str(n) for n in captions if n not in names]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown[:5])}: not a file of this dataset (the file "
+                         "column cannot be renamed); nothing was saved. Reload the captions.")
+    changed = 0
     for it in ds.items:
         if it.file_name in captions:
-            text = " ".join(str(captions[it.file_name]).split())
+            text = " ".join(str(captions[it.file_name] or "").split())
             if not text:
                 raise ValueError(f"{it.source}: a caption cannot be empty")
+            changed += text != it.text
             it.text = text
     write_metadata(ds)
-    return ds
+    return ds, changed

@@ -22,7 +22,7 @@ from typing import Any
 
 from studio.sessions import exclusive
 from tabs.sd import lora_io, single_file
-from tabs.sd.config import MemoryPlan, plan_generation
+from tabs.sd.config import SDXL_FP16_VAE, MemoryPlan, plan_generation
 
 ARCHS = ("sd15", "sdxl")
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]] | None] = {
@@ -160,24 +160,38 @@ def apply_plan(pipe: Any, plan: MemoryPlan, device: str) -> Any:
     return pipe
 
 
-def ensure_registered(studio: Any, base: str, arch: str,
-                      single_file_config: str = "") -> tuple[str, MemoryPlan]:
-    """Register the pipeline with the model manager once; returns its key and memory plan."""
+def local_fp16_vae(studio: Any) -> str | None:
+    """The fp16-fix SDXL VAE's folder if it is on disk; it is never fetched inside a request."""
+    from studio.hub import hf_cache_dir, local_path
+
+    found = local_path(studio.settings.home, SDXL_FP16_VAE, hf_cache_dir())
+    return str(found) if found is not None else None
+
+
+def ensure_registered(studio: Any, base: str, arch: str, single_file_config: str = "",
+                      source: str | None = None) -> tuple[str, MemoryPlan]:
+    """Register the pipeline with the model manager once; returns its key and memory plan.
+    `source` is where `base` lies on disk (a hub id's cache folder), `base` itself if None."""
     from studio.models import ModelSpec
     from tabs.sd.config import weight_bytes
 
     key = model_key(base, arch, single_file_config)
     plans = studio.extras.setdefault("sd_plans", {})
+    load_from = source or base
 
     def make_spec() -> ModelSpec:  # runs under the manager's lock, once per key
-        fp16_vae = None if studio.settings.offline else "madebyollin/sdxl-vae-fp16-fix"
+        fp16_vae = local_fp16_vae(studio) if arch == "sdxl" else None
         plan = plan_generation(arch, studio.models.budget, studio.probe.device,
                                fp16_vae=fp16_vae)
+        if arch == "sdxl" and fp16_vae is None and studio.probe.device == "cuda":
+            plan.reasons.append(f"the fp16-fix VAE ({SDXL_FP16_VAE}) is not on disk, so the "
+                                "VAE decodes in fp32 (more memory); download it on the Models "
+                                "tab")
         plans[key] = plan
         estimate = 0 if plan.cpu_offload else weight_bytes(arch, plan.dtype)
         return ModelSpec(
             key=key, title=f"{arch.upper()} {Path(base).name or base}",
-            load=lambda device: load_pipeline(base, arch, device, plan, single_file_config),
+            load=lambda device: load_pipeline(load_from, arch, device, plan, single_file_config),
             estimate=estimate if studio.probe.device == "cuda" else 0,
             reserve=int(1.5 * 1024**3) if studio.probe.device == "cuda" else 0)
 
@@ -277,8 +291,12 @@ def generate(studio: Any, req: GenerateRequest, out_dir: Path,
              on_step: Callable[[int, int], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> GenerateResult:
     """Draw `req.batch` images with the managed pipeline and save them as PNGs."""
+    from tabs.sd.service import resolve_base
+
     req.validate()
-    key, plan = ensure_registered(studio, req.base, req.arch, req.single_file_config)
+    # a hub id not on disk fails here, in words, instead of downloading inside the request
+    source = resolve_base(studio, req.base, req.arch)
+    key, plan = ensure_registered(studio, req.base, req.arch, req.single_file_config, source)
     seed = req.seed if req.seed >= 0 else random.randrange(2**31)
     native = 1024 if req.arch == "sdxl" else 512
     width, height = req.width or native, req.height or native

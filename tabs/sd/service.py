@@ -3,6 +3,7 @@ list LoRAs and base models. Paths all live under the studio home."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,9 @@ def prepared_folder(studio: Any, folder: str | Path) -> Path:
                       must_exist=True)
 
 
-def save_captions(studio: Any, folder: str | Path, captions: dict[str, str]) -> PreparedDataset:
+def save_captions(studio: Any, folder: str | Path,
+                  captions: dict[str, str]) -> tuple[PreparedDataset, int]:
+    """Write edited captions; returns the dataset and how many changed."""
     return update_captions(prepared_folder(studio, folder), captions)
 
 
@@ -70,9 +73,9 @@ def complete_config(studio: Any, cfg: SDTrainConfig) -> tuple[SDTrainConfig, Tra
 def submit_training(studio: Any, cfg: SDTrainConfig) -> str:
     """Check the dataset and the memory, then queue the job. Returns the run id."""
     check_trainable_base(cfg.base_model)
-    from studio.hub import require_local  # a hub base not on disk: the Models tab, not the job
-
-    require_local(studio, cfg.base_model, "The base model")
+    # not on disk: the Models tab says so now; on disk: the job loads that folder, offline
+    local = resolve_base(studio, cfg.base_model, "sd15")
+    cfg.base_model_path = local if local != cfg.base_model.strip() else ""
     if single_file.is_single_file(cfg.base_model):  # fail now, not in the job, when offline
         single_file.resolve_config(cfg.base_model, cfg.single_file_config)
     ds = load_dataset(prepared_folder(studio, cfg.dataset_dir))
@@ -106,10 +109,167 @@ def list_loras(studio: Any) -> list[tuple[str, str]]:
     return out
 
 
+ROLE = {"sd15": "sd", "sdxl": "sdxl"}
+DEMO_LABEL = "CPU demo: tiny random model (noise images; shows the loop, not quality)"
+
+
+def checkpoints_dir(studio: Any) -> Path:
+    """Where a user drops base models, as in ComfyUI (``models/checkpoints``) or A1111
+    (``models/Stable-diffusion``): single ``.safetensors`` files or diffusers folders."""
+    from studio.hub import models_dir
+
+    return models_dir(studio.settings.home) / "checkpoints"
+
+
+def demo_dir(studio: Any) -> Path:
+    from studio.hub import models_dir
+
+    return models_dir(studio.settings.home) / "demo" / "tiny-sd15-random"
+
+
+def _folder_arch(folder: Path) -> str | None:
+    """sd15 / sdxl of a diffusers folder (its model_index.json), None if it is not one."""
+    import json
+
+    try:
+        cls = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return "sdxl" if "XL" in cls else "sd15" if "StableDiffusion" in cls else None
+
+
+def local_checkpoints(studio: Any, arch: str) -> list[tuple[str, str]]:
+    """(label, path) of the base models in `checkpoints_dir` for `arch`: single-file
+    checkpoints whose header says `arch`, and diffusers folders (model_index.json)."""
+    root = checkpoints_dir(studio)
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in sorted(root.iterdir(), key=lambda x: x.name.lower()):
+        if p.is_file() and p.suffix.lower() == ".safetensors":
+            try:
+                found = single_file.detect_arch(p)
+            except (ValueError, OSError):
+                continue  # not a checkpoint of a known architecture (e.g. a LoRA)
+            if found == arch:
+                out.append((f"{p.name} (file in models/checkpoints)", str(p)))
+        elif p.is_dir() and _folder_arch(p) == arch:
+            out.append((f"{p.name} (folder in models/checkpoints)", str(p)))
+    return out
+
+
+def _catalog_options(studio: Any, arch: str) -> list[Any]:
+    """The Models tab's options for this architecture's role, the chosen one first."""
+    from tabs.models import service as models
+
+    role = ROLE[arch]
+    chosen = models.option_for_choice(studio, role, studio.choices.get(role))
+    opts = [chosen] if chosen is not None else []
+    for o in models.catalog(studio).get(role, []):
+        if all(o.source != c.source for c in opts):
+            opts.append(o)
+    return opts
+
+
+def _on_disk(studio: Any, opt: Any) -> bool:
+    from tabs.models import service as models
+
+    try:
+        return bool(models.on_disk(studio, opt))
+    except Exception:  # a bad saved choice never breaks the page
+        return False
+
+
+def base_options(studio: Any, arch: str) -> list[tuple[str, str]]:
+    """(label, value) of every base model for `arch` that is on disk: the Models tab's
+    downloaded ones, the models folder's checkpoints, and the CPU demo model once built."""
+    out = [(f"{o.title} ({o.source}, downloaded)", o.source)
+           for o in _catalog_options(studio, arch) if _on_disk(studio, o)]
+    out += local_checkpoints(studio, arch)
+    if arch == "sd15" and (demo_dir(studio) / "model_index.json").exists():
+        out.append((DEMO_LABEL, str(demo_dir(studio))))
+    return out
+
+
 def base_choices(studio: Any, arch: str) -> list[str]:
-    """The profile's base model for `arch` (a hub id on the full profile) if it has one."""
-    choice = studio.choices.get("sd" if arch == "sd15" else "sdxl")
-    return [choice.source] if choice is not None and choice.source else []
+    """The values of `base_options` (what the dropdowns hold)."""
+    return [v for _, v in base_options(studio, arch)]
+
+
+def base_note(studio: Any, arch: str) -> str:
+    """What the page says under a base-model dropdown: which models are missing and how to get
+    one (the Models tab, the models folder, the CPU demo), with the profile's own note."""
+    from studio.config import format_bytes
+
+    role = ROLE[arch]
+    lines = []
+    choice = studio.choices.get(role)
+    if choice is not None and choice.note:
+        lines.append(f"{choice.title}: {choice.note}.")
+    missing = [o for o in _catalog_options(studio, arch) if o.download and
+               not _on_disk(studio, o)]
+    for o in missing[:2]:
+        size = f", about {format_bytes(o.size_hint)}" if o.size_hint else ""
+        lines.append(f"{o.title} ({o.source}{size}) is not on disk: open the **Models** tab "
+                     "and click Download.")
+    if not base_options(studio, arch):
+        lines.insert(0, "**No base model on disk yet.**")
+        lines.append(f"Or put a `.safetensors` checkpoint or a diffusers folder in "
+                     f"`{checkpoints_dir(studio)}` (as ComfyUI's models/checkpoints).")
+        if arch == "sd15":
+            lines.append("Or click **Set up the CPU demo** on the Train tab to try the whole "
+                         "train → generate loop with a tiny random model.")
+    return "  \n".join(lines)
+
+
+def resolve_base(studio: Any, text: str, arch: str) -> str:
+    """What to load for a base model the user chose: local paths as they are, a hub id from
+    its folder on disk; a hub id that is not on disk raises `NotOnDisk` at once, saying to
+    download it on the Models tab (no request or job ever starts that download itself)."""
+    from studio.config import format_bytes
+    from studio.hub import require_local
+
+    hint = next((o.size_hint for o in _catalog_options(studio, arch)
+                 if o.source == text.strip() and o.size_hint), 0)
+    return require_local(studio, text.strip(), "The base model",
+                         format_bytes(hint) if hint else "")
+
+
+def demo_setup(studio: Any) -> PreparedDataset:
+    """The CPU demo: the tiny random SD 1.5 (built once) and four generated 48 px images
+    prepared at 32 px, so train -> generate runs on a CPU in minutes."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from tabs.sd.tiny import make_tiny_sd15
+
+    base = demo_dir(studio)
+    if not (base / "model_index.json").exists():
+        base.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base.parent, prefix=".build-"))
+        make_tiny_sd15(tmp)  # built aside, then moved: a half-built folder is never listed
+        if base.exists() and not (base / "model_index.json").exists():
+            shutil.rmtree(base, ignore_errors=True)  # left over from an interrupted build
+        try:
+            tmp.rename(base)
+        except OSError:  # another request built it at the same time: keep that one
+            shutil.rmtree(tmp, ignore_errors=True)
+    src = Path(tempfile.mkdtemp(dir=prepared_root(studio), prefix=".demo-src-"))
+    files = []
+    for i, (bg, fg) in enumerate([((240, 220, 180), (200, 40, 40)),
+                                  ((180, 210, 240), (30, 90, 200)),
+                                  ((200, 240, 200), (20, 140, 60)),
+                                  ((240, 240, 240), (90, 40, 160))]):
+        im = Image.fromarray(np.full((48, 48, 3), bg, np.uint8))
+        ImageDraw.Draw(im).ellipse((8 + 2 * i, 8, 40, 40 - 2 * i), fill=fg)
+        path = src / f"demo_{i}.png"
+        im.save(path)
+        files.append(path)
+    out = Path(tempfile.mkdtemp(dir=prepared_root(studio),
+                                prefix=time.strftime("%Y%m%d-%H%M%S-demo-")))
+    ds = prepare_dataset(files, out, size=32, instance_prompt="a drawing of sks ball",
+                         min_side=16)
+    shutil.rmtree(src, ignore_errors=True)
+    return ds
 
 
 def sample_images(studio: Any, run_id: str | None) -> list[tuple[str, str]]:

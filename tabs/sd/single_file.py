@@ -115,10 +115,14 @@ def resolve_config(path: str | Path, override: str = "") -> str:
         return source
     from huggingface_hub import snapshot_download
 
+    patterns = ["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"]
+    try:  # on disk already (e.g. the Models tab downloaded the repo): no network at all
+        return snapshot_download(source, allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        pass
     try:
-        # Only the small config/tokenizer files, as from_single_file fetches them itself.
-        return snapshot_download(source, allow_patterns=["**/*.json", "*.json", "*.txt",
-                                                         "**/*.txt", "**/*.model"])
+        # Only the small config/tokenizer files (kilobytes), as from_single_file fetches them.
+        return snapshot_download(source, allow_patterns=patterns)
     except Exception as e:
         raise ValueError(
             f"{Path(path).name} needs the configs of {source} (tokenizer, scheduler, model "

@@ -252,7 +252,7 @@ def save_final(cfg: SDTrainConfig, c: Components, step: int, report: Any,
         name=cfg.output_name, base_model=cfg.base_model, rank=cfg.rank, alpha=cfg.alpha,
         trigger_words=list(cfg.trigger_words), dataset_hash=cfg.dataset_hash, steps=step,
         settings={k: v for k, v in cfg.to_dict().items()
-                  if k not in ("dataset_dir", "lora_library", "class_cache")})
+                  if k not in ("dataset_dir", "lora_library", "class_cache", "base_model_path")})
     saved = lora_io.save_lora(report.run_dir / "lora", unet_sd, te_sd, info)
     what = f"LoRA after {step} steps" + (" (stopped early)" if partial else "")
     report.artifact(saved.diffusers_path, kind="model", label=f"{what}, diffusers layout")
@@ -349,7 +349,8 @@ def run(config: dict, report: Any) -> None:
         report.log("aspect-ratio buckets: " + ", ".join(
             f"{w}x{h} ({len(ix)} images)" for (w, h), ix in bucket_groups(ds.items).items()))
     report.progress(0, cfg.max_steps, "loading the base model")
-    c = load_components(cfg.base_model, device, dtype, cfg.single_file_config)
+    c = load_components(cfg.base_model_path or cfg.base_model, device, dtype,
+                        cfg.single_file_config)
     if cfg.attention == "xformers":
         try:
             c.unet.enable_xformers_memory_efficient_attention()

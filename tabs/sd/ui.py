@@ -7,9 +7,10 @@ from dataclasses import fields
 from typing import Any
 
 import gradio as gr
+from gradio.context import Context
 
 from studio.sessions import session_of
-from studio.ui.widgets import job_panel
+from studio.ui.widgets import fill_on_load, job_panel
 from tabs.sd import service
 from tabs.sd.config import LR_SCHEDULES, SDTrainConfig
 from tabs.sd.dataset import load_dataset
@@ -35,9 +36,64 @@ def _default(name: str) -> Any:
 def build_ui(studio: Any) -> None:
     with gr.Tabs():
         with gr.Tab("Train"):
-            _train_tab(studio)
+            train = _train_tab(studio)
         with gr.Tab("Generate"):
-            _generate_tab(studio)
+            gen = _generate_tab(studio)
+    _wire_demo(studio, train, gen)
+
+
+def _base_dropdown(studio: Any, arch: str, label: str, info: str | None) -> tuple[Any, Any]:
+    """A base-model dropdown of what is on disk, and the note under it that says what is
+    missing and how to get it (never an empty dropdown without a word); both refilled on
+    every page load."""
+    options = service.base_options(studio, arch)
+    box = gr.Dropdown(options, value=options[0][1] if options else None,
+                      allow_custom_value=True, label=label, info=info)
+    note = gr.Markdown(service.base_note(studio, arch), elem_classes=["sd-base-note"])
+    fill_on_load(box, lambda: service.base_options(studio, arch))
+    Context.root_block.load(lambda: service.base_note(studio, arch), outputs=[note],
+                            api_visibility="private", show_progress="hidden", queue=False)
+    return box, note
+
+
+def _wire_demo(studio: Any, train: dict[str, Any], gen: dict[str, Any]) -> None:
+    """"Set up the CPU demo": the tiny random model and four generated images, with settings
+    that train in minutes on a CPU, filled into both the Train and the Generate tab (the
+    resolution slider stays: the job trains at the size the dataset was prepared at)."""
+
+    def do_demo():
+        try:
+            ds = service.demo_setup(studio)
+        except Exception as e:  # building the tiny model needs diffusers: say what failed
+            raise gr.Error(f"The CPU demo could not be set up: {type(e).__name__}: {e}") from None
+        base = str(service.demo_dir(studio))
+        sd15 = service.base_options(studio, "sd15")
+        gr.Info("CPU demo ready: click Start training, then use the LoRA on the Generate tab.")
+        return (str(ds.folder), ds.report().replace("\n", "  \n"), _preview(ds),
+                _captions_frame(str(ds.folder)), gr.update(choices=sd15, value=base),
+                service.base_note(studio, "sd15"), 30, 4, 4, 1e-3, "no", False, "off", 0,
+                "a drawing of sks ball", "demo_lora", "sks",
+                gr.update(value="sd15"), gr.update(choices=sd15, value=base),
+                service.base_note(studio, "sd15"), "a drawing of sks ball", 4, 32, 32,
+                "Euler", DEMO_NOTE)
+
+    t, g = train, gen
+    t["demo_btn"].click(
+        do_demo,
+        outputs=[t["dataset_dir"], t["prep_report"], t["preview"], t["captions"], t["base"],
+                 t["base_note"], t["steps"], t["rank"], t["alpha"], t["lr"],
+                 t["precision"], t["adam8"], t["gc"], t["sample_every"], t["sample_prompts"],
+                 t["name"], t["trigger"],
+                 g["arch"], g["base"], g["base_note"], g["prompt"], g["steps"], g["width"],
+                 g["height"], g["scheduler"], t["demo_md"]],
+        api_name="sd_demo")
+
+
+DEMO_NOTE = ("**CPU demo mode.** The base model is a tiny random-weight SD 1.5 (under 1 MB) "
+             "and the dataset four generated 48 px pictures, prepared at 32 px: training takes "
+             "minutes on a CPU and the images it draws are coloured noise. It shows the whole "
+             "loop (prepare → train → LoRA → generate), not quality; for real pictures "
+             "download SD 1.5 on the Models tab.")
 
 
 def _captions_frame(folder: str | None) -> list[list[str]]:
@@ -54,9 +110,14 @@ def _preview(ds: Any) -> list[tuple[str, str]]:
             for it in ds.items]
 
 
-def _train_tab(studio: Any) -> None:
+def _train_tab(studio: Any) -> dict[str, Any]:
     gr.Markdown("Train a Stable Diffusion 1.5 LoRA on 20–150 images of your style or product. "
                 "Training runs as a job: close the browser and come back.")
+    with gr.Row():
+        demo_btn = gr.Button("Set up the CPU demo", scale=1, size="sm")
+        demo_md = gr.Markdown("No model yet, or no GPU? **CPU demo mode** fills in a tiny "
+                              "random model and four pictures so you can try train → "
+                              "generate in minutes (its images are noise).")
     with gr.Row():
         with gr.Column():
             gr.Markdown("### 1. Images and captions")
@@ -75,16 +136,19 @@ def _train_tab(studio: Any) -> None:
             dataset_dir = gr.Textbox(label=_label("dataset_dir"),
                                      info="filled by Prepare; an earlier folder works too")
             prep_report = gr.Markdown()
-            preview = gr.Gallery(label="Prepared images", columns=6, height=240)
+            # contain, not cover: a bucketed image shows its own shape in the thumbnail
+            preview = gr.Gallery(label="Prepared images", columns=6, height=240,
+                                 object_fit="contain", elem_id="sd-preview")
+            # only the caption column is editable: a renamed file cell would lose its caption
             captions = gr.Dataframe(headers=["file", "uploaded as", "caption", "size"],
-                                    label="Captions (edit, then save)", interactive=True,
-                                    wrap=True)
+                                    label="Captions (edit the caption column, then save)",
+                                    interactive=True, static_columns=[0, 1, 3], wrap=True,
+                                    elem_id="sd-captions")
             save_caps = gr.Button("Save captions")
         with gr.Column():
             gr.Markdown("### 2. Settings")
-            base = gr.Dropdown(service.base_choices(studio, "sd15"), allow_custom_value=True,
-                               value=(service.base_choices(studio, "sd15") or [None])[0],
-                               label=_label("base_model"), info=_info("base_model"))
+            base, base_note = _base_dropdown(studio, "sd15", _label("base_model"),
+                                             _info("base_model"))
             sf_config = gr.Textbox("", label=_label("single_file_config"),
                                    info=_info("single_file_config"))
             with gr.Row():
@@ -138,7 +202,8 @@ def _train_tab(studio: Any) -> None:
                 start = gr.Button("Start training", variant="primary")
             fit_md = gr.Markdown()
     panel = job_panel(studio, kind=service.KIND, plot_keys=("train_loss",))
-    samples = gr.Gallery(label="Samples (fixed prompts and seed)", columns=4, height=300)
+    samples = gr.Gallery(label="Samples (fixed prompts and seed)", columns=4, height=300,
+                         elem_id="sd-samples")
     timer = gr.Timer(3.0)
 
     def do_prepare(files, instance, size, buckets=False, crop="center"):
@@ -147,6 +212,8 @@ def _train_tab(studio: Any) -> None:
                                  buckets=bool(buckets), crop=crop or "center")
         except ValueError as e:
             raise gr.Error(str(e)) from None
+        for w in ds.warnings:
+            gr.Warning(w)
         return str(ds.folder), ds.report().replace("\n", "  \n"), _preview(ds), \
             _captions_frame(str(ds.folder))
 
@@ -157,11 +224,13 @@ def _train_tab(studio: Any) -> None:
         if not folder:
             raise gr.Error("Prepare a dataset first.")
         rows = frame.values.tolist() if hasattr(frame, "values") else frame
+        edits = {str(r[0]): r[2] for r in rows if r and str(r[0]).strip()}
         try:
-            ds = service.save_captions(studio, folder, {r[0]: r[2] for r in rows})
+            ds, changed = service.save_captions(studio, folder, edits)
         except ValueError as e:
             raise gr.Error(str(e)) from None
-        gr.Info(f"Saved {len(ds.items)} captions.")
+        n = len(edits)
+        gr.Info(f"Saved {n} caption{'s' if n != 1 else ''} ({changed} changed).")
         return _preview(ds)
 
     save_caps.click(do_save_captions, inputs=[dataset_dir, captions], outputs=[preview],
@@ -223,16 +292,21 @@ def _train_tab(studio: Any) -> None:
     start.click(do_start, inputs=settings, outputs=[panel.run_picker], api_name="sd_train")
     timer.tick(lambda rid: service.sample_images(studio, rid), inputs=[panel.run_picker],
                outputs=[samples], api_visibility="private", show_progress="hidden", queue=False)
+    return {"dataset_dir": dataset_dir, "prep_report": prep_report, "preview": preview,
+            "captions": captions, "base": base, "base_note": base_note, "size": size,
+            "steps": steps, "rank": rank, "alpha": alpha, "lr": lr, "precision": precision,
+            "adam8": adam8, "gc": gc, "sample_every": sample_every,
+            "sample_prompts": sample_prompts, "name": name, "trigger": trigger,
+            "demo_btn": demo_btn, "demo_md": demo_md}
 
 
-def _generate_tab(studio: Any) -> None:
+def _generate_tab(studio: Any) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=2):
             arch = gr.Radio([("SD 1.5", "sd15"), ("SDXL", "sdxl")], value="sd15",
                             label="Architecture")
-            base = gr.Dropdown(service.base_choices(studio, "sd15"), allow_custom_value=True,
-                               value=(service.base_choices(studio, "sd15") or [None])[0],
-                               label="Base model", info="hub id, local folder or .safetensors")
+            base, base_note = _base_dropdown(studio, "sd15", "Base model",
+                                             "hub id, local folder or .safetensors")
             sf_config = gr.Textbox("", label=_label("single_file_config"),
                                    info=_info("single_file_config"))
             prompt = gr.Textbox(label="Prompt", lines=2)
@@ -261,7 +335,7 @@ def _generate_tab(studio: Any) -> None:
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Images (PNG with prompt, seed and LoRAs inside)",
-                                 columns=2, height=560, format="png")
+                                 columns=2, height=560, format="png", elem_id="sd-images")
             plan_md = gr.Markdown()
 
     def refresh_loras():
@@ -270,9 +344,13 @@ def _generate_tab(studio: Any) -> None:
 
     for box in lora_boxes:
         box.focus(refresh_loras, outputs=lora_boxes, api_visibility="private", queue=False)
-    arch.change(lambda a: gr.update(choices=service.base_choices(studio, a),
-                                    value=(service.base_choices(studio, a) or [None])[0]),
-                inputs=[arch], outputs=[base], api_visibility="private", queue=False)
+    def on_arch(a):
+        options = service.base_options(studio, a)
+        return (gr.update(choices=options, value=options[0][1] if options else None),
+                service.base_note(studio, a))
+
+    arch.change(on_arch, inputs=[arch], outputs=[base, base_note], api_visibility="private",
+                queue=False)
 
     def do_generate(arch_v, base_v, prompt_v, neg_v, steps_v, guid_v, seed_v, w_v, h_v, b_v,
                     sched_v, lora1, lora2, lora3, str1, str2, str3, sfc_v="",
@@ -311,3 +389,5 @@ def _generate_tab(studio: Any) -> None:
         return "Nothing is running."
 
     stop.click(do_stop, outputs=[plan_md], api_name="sd_stop", queue=False)
+    return {"arch": arch, "base": base, "base_note": base_note, "prompt": prompt,
+            "steps": steps, "width": width, "height": height, "scheduler": scheduler}
