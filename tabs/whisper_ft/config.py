@@ -39,14 +39,19 @@ class WhisperFTConfig(JobConfig):
                      "medium and larger (fits 12 GB)", choices=METHODS)
     lora_r: int = _f(32, "LoRA rank")
     lora_alpha: int = _f(64, "LoRA alpha")
-    lora_dropout: float = _f(0.05, "LoRA dropout")
+    lora_dropout: float = _f(0.0, "LoRA dropout", "0 (PEFT's default): with dropout the "
+                             "cross-attention adapters of every decoder layer keep their own "
+                             "copy of the encoder output (1.8 GB for medium at batch 8), so on "
+                             "12 GB more layers must recompute; SpecAugment already regularises")
     lora_targets: str = _f(LORA_TARGETS, "LoRA target modules")
     precision: str = _f("auto", "Precision", "auto: bf16 where the card has it, else fp16; "
                         "fp32 on CPU", choices=PRECISIONS)
-    gradient_checkpointing: str = _f("auto", "Gradient checkpointing", "auto: on when the "
-                                     "estimate says activations would not fit", choices=SWITCHES)
-    optimizer: str = _f("auto", "Optimizer", "auto: 8-bit AdamW (bitsandbytes) on CUDA, AdamW "
-                        "on CPU", choices=OPTIMIZERS)
+    gradient_checkpointing: str = _f("auto", "Gradient checkpointing", "auto: on as few "
+                                     "layers as the memory estimate needs (none if it fits)",
+                                     choices=SWITCHES)
+    optimizer: str = _f("auto", "Optimizer", "auto: fused AdamW on CUDA, 8-bit AdamW "
+                        "(bitsandbytes) when the optimizer state would not fit; AdamW on CPU",
+                        choices=OPTIMIZERS)
     spec_augment: bool = _f(True, "SpecAugment", "mask random time and frequency bands of the "
                             "input while training (less over-fitting on a few hours)")
     freeze_encoder: bool = _f(False, "Freeze the encoder", "train the decoder only: faster, "
@@ -69,6 +74,9 @@ class WhisperFTConfig(JobConfig):
                           "folders that faster-whisper (the Transcribe tab) loads")
     seed: int = _f(42, "Seed")
     dataset_hash: str = _f("", "Dataset hash", "filled in by the studio")
+    memory_budget_gib: float = _f(0.0, "Memory budget (GiB)", "filled in by the studio: what "
+                                  "the memory plan may use; 0 = the whole card",
+                                  minimum=0, maximum=100_000)
 
     def resolved_method(self) -> str:
         if self.method != "auto":

@@ -81,7 +81,7 @@ def submit(studio: Any, cfg: WhisperFTConfig) -> str:
     """Check the dataset and the memory now (errors at once, not minutes into a job), queue."""
     from studio.jobs import hash_files
     from studio.safety import check_model_source
-    from tabs.whisper_ft.train import estimate_bytes, want_checkpointing
+    from tabs.whisper_ft.train import plan_memory
 
     dataset_id = Path(cfg.dataset).name if "/" in cfg.dataset else cfg.dataset
     folder = dataset_folder(studio, dataset_id)
@@ -95,11 +95,9 @@ def submit(studio: Any, cfg: WhisperFTConfig) -> str:
     vram = 0
     if is_cuda(studio):
         budget = studio.models.budget
-        if cfg.gradient_checkpointing == "auto":  # the job runs what the estimate decided
-            on = want_checkpointing(cfg, "cuda", budget)
-            cfg.gradient_checkpointing = "on" if on else "off"
-        vram = estimate_bytes(cfg.base_model, cfg.resolved_method(), cfg.batch_size,
-                              cfg.gradient_checkpointing == "on")
+        cfg.memory_budget_gib = budget / 1024**3  # the job plans its memory inside it
+        plan = plan_memory(cfg, "cuda", budget)
+        vram = plan.estimate
         if vram > budget:
             raise ValueError(f"this will not fit: about {vram / 1024**3:.1f} GiB needed, "
                              f"{budget / 1024**3:.1f} GiB in the budget; lower the batch size "
@@ -181,7 +179,7 @@ def export(studio: Any, run_id: str) -> Path:
     if "transformers" not in folders:
         raise ValueError(f"run {run_id} has no tuned model yet")
     if "ct2-int8" not in folders or "ct2-float16" not in folders:
-        for q, out in convert_ct2(folders["transformers"], run_dir).items():
+        for out in convert_ct2(folders["transformers"], run_dir).values():
             shutil.copy(folders["transformers"] / "RUN_CARD.md", out / "RUN_CARD.md")
             shutil.copy(folders["transformers"] / "run_card.json", out / "run_card.json")
         folders = run_folders(run_dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,61 +28,206 @@ SPEC_AUGMENT = {"mask_time_prob": 0.05, "mask_time_length": 10, "mask_time_min_m
                 "mask_feature_prob": 0.05, "mask_feature_length": 10,
                 "mask_feature_min_masks": 0}
 
-# Whisper sizes (parameters, d_model, encoder layers) for the memory estimate when the base's
-# config cannot be read (a hub id on an offline machine).
-ARCHS = {"tiny": (39e6, 384, 4), "base": (74e6, 512, 6), "small": (244e6, 768, 12),
-         "medium": (769e6, 1024, 24), "large": (1550e6, 1280, 32), "turbo": (809e6, 1280, 32)}
+# Whisper sizes when the base's config cannot be read (a hub id on an offline machine):
+# (d_model, encoder layers, decoder layers, vocabulary).
+ARCHS = {"tiny": (384, 4, 4, 51865), "base": (512, 6, 6, 51865), "small": (768, 12, 12, 51865),
+         "medium": (1024, 24, 24, 51865), "large": (1280, 32, 32, 51866),
+         "turbo": (1280, 32, 4, 51866)}
+FRAMES = 1500  # encoder positions of one 30 s window
+LABEL_TOKENS = 128  # label length the estimate assumes (a 30 s piece rarely has more)
+MARGIN = 0.88  # share of the budget the estimate may fill (allocator slack, workspaces)
 
 
 # ----- memory ----------------------------------------------------------------------------------
-def arch_of(base: str) -> tuple[float, int, int]:
-    """(parameters, d_model, encoder layers) of the base, from its config when readable."""
+@dataclass
+class Arch:
+    d: int
+    enc_layers: int
+    dec_layers: int
+    vocab: int
+
+    @property
+    def params(self) -> float:
+        """Encoder layer 12d^2, decoder layer 16d^2 (with cross-attention), embeddings, convs."""
+        d = self.d
+        return (12 * self.enc_layers + 16 * self.dec_layers) * d * d + self.vocab * d \
+            + 3 * d * (80 + d) + 2 * 1500 * d
+
+
+def arch_of(base: str) -> Arch:
+    """The base's shapes, from its config when readable, else from the name."""
     try:
         from transformers import WhisperConfig
 
         c = WhisperConfig.from_pretrained(base)
-        d, layers = c.d_model, c.encoder_layers
-        per_layer = 12 * d * d  # attention 4d^2 + MLP 8d^2 (ffn 4d), both stacks
-        params = per_layer * (c.encoder_layers + c.decoder_layers) + c.vocab_size * d \
-            + 1.3 * per_layer * c.decoder_layers / 3  # cross-attention
-        return float(params), d, layers
+        return Arch(c.d_model, c.encoder_layers, c.decoder_layers, c.vocab_size)
     except Exception:  # offline hub id: the known sizes
         name = Path(base).name.lower()
         for key in ("turbo", "large", "medium", "small", "base", "tiny"):
             if key in name:
-                return ARCHS[key]
-        return ARCHS["small"]
+                return Arch(*ARCHS[key])
+        return Arch(*ARCHS["small"])
 
 
-def estimate_bytes(base: str, method: str, batch: int, checkpointing: bool,
-                   cuda_8bit: bool = True) -> int:
-    """Peak training memory, roughly: weights, gradients and optimizer state of what trains,
-    encoder activations (1500 frames per 30 s window dominate) and the decoder's logits."""
-    params, d, layers = arch_of(base)
-    if method == "lora":
-        states = 2 * params + 0.03 * params * 16  # frozen half-precision base + adapter state
+def lora_params(arch: Arch, cfg: WhisperFTConfig) -> float:
+    """Trainable LoRA parameters: r x (in + out) per targeted projection."""
+    names = {t.strip() for t in cfg.lora_targets.split(",") if t.strip()}
+    d, r = arch.d, cfg.lora_r
+    per = {"q_proj": 2 * d, "k_proj": 2 * d, "v_proj": 2 * d, "out_proj": 2 * d,
+           "fc1": 5 * d, "fc2": 5 * d}
+    enc = sum(per.get(n, 2 * d) for n in names) * r
+    dec = enc + sum(per.get(n, 2 * d) for n in names & {"q_proj", "k_proj", "v_proj",
+                                                         "out_proj"}) * r  # cross-attention
+    return (0 if cfg.freeze_encoder else enc * arch.enc_layers) + dec * arch.dec_layers
+
+
+def estimate_bytes(cfg: WhisperFTConfig, ckpt_encoder: int, ckpt_decoder: int,
+                   optimizer_8bit: bool, arch: Arch | None = None,
+                   label_tokens: int = LABEL_TOKENS) -> int:
+    """Peak training memory on CUDA (half-precision compute), in bytes, for `ckpt_encoder`
+    encoder and `ckpt_decoder` decoder layers under gradient checkpointing.
+
+    Per token of a layer that is not checkpointed, the bytes autograd keeps (counted from what
+    each op saves, calibrated on the H200 peaks in bench/results/whisper_ft.json): a full
+    fine-tune keeps ~40 x d_model (fp32 residual stream, bf16 copies for the matmuls); LoRA over
+    a bf16 base ~48 x d_model (each adapter's own bf16 copy of its input). A checkpointed
+    layer keeps only its input; the one being recomputed is counted once. The 1500 encoder
+    frames per 30 s window dominate."""
+    a = arch or arch_of(cfg.base_model)
+    d, B = a.d, cfg.batch_size
+    lora = cfg.resolved_method() == "lora"
+    p = a.params
+    if lora:
+        t = lora_params(a, cfg)
+        states = 2 * p + t * (4 + 4 + (2 if optimizer_8bit else 8))
     else:
-        states = params * (4 + 4 + (2 if cuda_8bit else 8) + 2)  # fp32 master, grads, Adam,
-        # half-precision autocast copies
-    per_layer = 1500 * d * batch * (2 if checkpointing else 34)  # bytes per encoder layer
-    acts = per_layer * layers + (1500 * d * batch * 34 if checkpointing else 0)
-    logits = batch * 120 * 51865 * 4 * 3
-    # x1.25 for the decoder and cross-attention, calibrated on bench/results/whisper_ft.json
-    # (small, full, batch 8, no checkpointing: 8.09 GiB measured, this gives 8.2)
-    return int(states + acts * 1.25 + logits + 0.5 * GiB)
+        t = p
+        # fp32 weights and grads, Adam's state, bf16 copies of the weights under autocast
+        states = p * (4 + 4 + (2 if optimizer_8bit else 8) + 2)
+    names = {x.strip() for x in cfg.lora_targets.split(",") if x.strip()}
+    dropout = lora and cfg.lora_dropout > 0
+    # encoder layer, bytes per token per d_model
+    enc = 40.0
+    if lora:
+        # measured on the H200 (bench/results/whisper_ft.json): ~47 with or without LoRA
+        # dropout. Without it, autocast still gives every adapter its own bf16 copy of the
+        # fp32 LayerNorm output it reads; with it, the dropped-out copies are those copies.
+        enc = 48.0
+    # cross-attention keeps k and v of the encoder output in every decoder layer; a full
+    # fine-tune also keeps bf16 copies of its input for k_proj and v_proj
+    cross = 4.0 + (4.0 if not lora else 0) + (3.0 * len(names & {"k_proj", "v_proj"})
+                                              if dropout else 0)
+    dec = 60.0
+    frozen_enc = cfg.freeze_encoder
+    tok_e, tok_d = B * FRAMES, B * label_tokens
+    enc_layer = tok_e * d * enc
+    enc_ckpt = tok_e * d * 2
+    if frozen_enc:  # no gradient flows into the encoder: nothing of it is kept
+        enc_acts = tok_e * d * 4
+    else:
+        ce = min(ckpt_encoder, a.enc_layers)
+        enc_acts = (a.enc_layers - ce) * enc_layer + ce * enc_ckpt + (enc_layer if ce else 0)
+        enc_acts += tok_e * d * 2 * 6  # the two convolutions before the first layer
+    dec_layer = tok_e * d * cross + tok_d * d * dec
+    cd = min(ckpt_decoder, a.dec_layers)
+    dec_acts = (a.dec_layers - cd) * dec_layer + cd * tok_d * d * 2 + (dec_layer if cd else 0)
+    logits = tok_d * a.vocab * (2 + 4 + 4)  # bf16 logits, fp32 log-softmax and its gradient
+    return int(states + enc_acts + dec_acts + logits + 0.5 * GiB)
 
 
-def want_checkpointing(cfg: WhisperFTConfig, device: str, budget: int | None) -> bool:
-    if device != "cuda" or cfg.gradient_checkpointing == "off":
-        return False
-    if cfg.gradient_checkpointing == "on":
-        return True
+@dataclass
+class MemoryPlan:
+    """What the job runs with: the optimizer, how many encoder and decoder layers recompute
+    their activations (gradient checkpointing), and the estimate behind the choice."""
+
+    optimizer: str
+    ckpt_encoder: int = 0
+    ckpt_decoder: int = 0
+    estimate: int = 0
+    budget: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def checkpointing(self) -> bool:
+        return bool(self.ckpt_encoder or self.ckpt_decoder)
+
+    def describe(self, arch: Arch) -> str:
+        if not self.checkpointing:
+            return "gradient checkpointing off"
+        return (f"gradient checkpointing on {self.ckpt_encoder}/{arch.enc_layers} encoder and "
+                f"{self.ckpt_decoder}/{arch.dec_layers} decoder layers")
+
+
+def _bnb_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def plan_memory(cfg: WhisperFTConfig, device: str, budget: int | None,
+                arch: Arch | None = None, label_tokens: int = LABEL_TOKENS) -> MemoryPlan:
+    """The fastest settings whose estimate fits `budget` (default: the card's memory).
+
+    Order of preference: torch's fused AdamW (one kernel for all parameters) over
+    bitsandbytes' 8-bit AdamW, which synchronises the GPU after every parameter (bitsandbytes
+    0.50), so it is taken only when the optimizer state would not fit otherwise; then as few
+    checkpointed layers as fit (each one costs a recomputed forward), encoder layers first
+    (the most memory per recomputed op). `label_tokens`: the longest transcript of the data in
+    tokens (the job counts them; 128 when unknown)."""
+    if device != "cuda":
+        return MemoryPlan("adamw_torch", notes=["CPU: AdamW, no gradient checkpointing"])
+    a = arch or arch_of(cfg.base_model)
     if budget is None:
         import torch
 
         budget = torch.cuda.get_device_properties(0).total_memory
-    method = cfg.resolved_method()
-    return estimate_bytes(cfg.base_model, method, cfg.batch_size, False) > 0.9 * budget
+    limit = MARGIN * budget
+    bnb = _bnb_available()
+    if cfg.optimizer == "adamw_8bit" and not bnb:
+        raise ValueError("8-bit AdamW needs bitsandbytes (pip install bitsandbytes)")
+    optims = {"adamw_torch": [False], "adamw_8bit": [True]}.get(
+        cfg.optimizer, [False, True] if bnb else [False])
+    n_enc = 0 if cfg.freeze_encoder else a.enc_layers
+    if cfg.gradient_checkpointing == "off":
+        layouts = [(0, 0)]
+    elif cfg.gradient_checkpointing == "on":
+        layouts = [(n_enc, a.dec_layers)]
+    else:
+        layouts = [(e, 0) for e in range(n_enc + 1)] + [(n_enc, k)
+                                                        for k in range(1, a.dec_layers + 1)]
+    best = None
+    for eight in optims:
+        for e, k in layouts:
+            est = estimate_bytes(cfg, e, k, eight, a, label_tokens)
+            if est <= limit:
+                best = MemoryPlan("adamw_bnb_8bit" if eight else "adamw_torch_fused", e, k,
+                                  est, budget)
+                break
+        if best:
+            break
+    if best is None:  # nothing fits: the smallest, so the caller can say by how much
+        eight = optims[-1]
+        e, k = layouts[-1]
+        best = MemoryPlan("adamw_bnb_8bit" if eight else "adamw_torch_fused", e, k,
+                          estimate_bytes(cfg, e, k, eight, a, label_tokens), budget)
+    best.notes.append(f"memory plan: {best.describe(a)}, {best.optimizer}; estimate "
+                      f"{best.estimate / GiB:.1f} of {budget / GiB:.1f} GiB")
+    return best
+
+
+def want_checkpointing(cfg: WhisperFTConfig, device: str, budget: int | None) -> bool:
+    return plan_memory(cfg, device, budget).checkpointing
+
+
+def longest_label(cfg: WhisperFTConfig, pieces: list[Piece]) -> int:
+    """Tokens of the longest training transcript with its prompt (for the memory plan)."""
+    try:
+        tok = load_processor(cfg.base_model).tokenizer
+    except ValueError:
+        return LABEL_TOKENS
+    n = max((len(tok(" " + p.text.strip(), add_special_tokens=False).input_ids)
+             for p in pieces), default=0)
+    return min(448, n + 5)  # <|startoftranscript|>, language, task, <|notimestamps|>, <|eot|>
 
 
 # ----- model -----------------------------------------------------------------------------------
@@ -133,7 +279,7 @@ def fix_language(model: Any, processor: Any, language: str, task: str) -> list[i
     return prefix
 
 
-def load_model(cfg: WhisperFTConfig, device: str, dtype: Any, checkpointing: bool) -> tuple[
+def load_model(cfg: WhisperFTConfig, device: str, dtype: Any, plan: MemoryPlan) -> tuple[
         Any, Any, list[int], list[str]]:
     """(model ready to train, processor, label prefix, notes)."""
     import torch
@@ -148,27 +294,54 @@ def load_model(cfg: WhisperFTConfig, device: str, dtype: Any, checkpointing: boo
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load the Whisper model {cfg.base_model}: {e}") from None
     prefix = fix_language(model, processor, cfg.language, cfg.task)
-    model, notes = prepare_for_training(model.to(device), cfg, checkpointing)
+    model, notes = prepare_for_training(model.to(device), cfg, plan)
     return model, processor, prefix, notes
 
 
-def prepare_for_training(model: Any, cfg: WhisperFTConfig, checkpointing: bool) -> tuple[
+def set_checkpointing(model: Any, encoder_layers: int, decoder_layers: int) -> None:
+    """Gradient checkpointing on the first `encoder_layers` encoder and `decoder_layers`
+    decoder layers only (the rest keep their activations: no recomputation there)."""
+    m = base_of(model)
+    if encoder_layers or decoder_layers:
+        # non-reentrant: gradients reach LoRA weights even though the encoder's input (the
+        # log-mel features) does not require grad
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.config.use_cache = False
+    else:
+        m.gradient_checkpointing_disable()
+    for layers, n in ((m.model.encoder.layers, encoder_layers),
+                      (m.model.decoder.layers, decoder_layers)):
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = i < n
+
+
+def set_lora_input_cast(model: Any, on: bool) -> None:
+    """PEFT casts each adapter's input to the adapter's dtype (fp32) before the adapter. Under
+    autocast the matmul casts anyway, so in training this is off: one op less per adapter and
+    the adapters of one input share it instead of each keeping an fp32-then-bf16 copy. Decoding
+    without autocast needs it on (bf16 input, fp32 adapter)."""
+    for mod in model.modules():
+        if hasattr(mod, "cast_input_dtype_enabled"):
+            mod.cast_input_dtype_enabled = on
+
+
+def prepare_for_training(model: Any, cfg: WhisperFTConfig, plan: MemoryPlan | bool) -> tuple[
         Any, list[str]]:
-    """SpecAugment, gradient checkpointing, a frozen encoder and LoRA, as `cfg` says (the GPU
-    bench calls this on random weights of the real architectures)."""
+    """SpecAugment, gradient checkpointing (as `plan` says: the layers it names; True = every
+    layer), a frozen encoder and LoRA, as `cfg` says (the GPU bench calls this on random
+    weights of the real architectures)."""
     notes = []
     c = model.config
+    if not isinstance(plan, MemoryPlan):
+        plan = MemoryPlan("", c.encoder_layers if plan else 0, c.decoder_layers if plan else 0)
     c.apply_spec_augment = cfg.spec_augment
     if cfg.spec_augment:
         for k, v in SPEC_AUGMENT.items():
             setattr(c, k, v)
         notes.append("SpecAugment: time and frequency masks (p 0.05, width 10)")
-    if checkpointing:
-        # non-reentrant: gradients reach LoRA weights even though the encoder's input (the
-        # log-mel features) does not require grad
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        c.use_cache = False
-    notes.append("gradient checkpointing " + ("on" if checkpointing else "off"))
+    set_checkpointing(model, plan.ckpt_encoder, plan.ckpt_decoder)
+    notes.append(plan.describe(Arch(c.d_model, c.encoder_layers, c.decoder_layers,
+                                    c.vocab_size)))
     if cfg.freeze_encoder:
         model.model.encoder.requires_grad_(False)
         notes.append("encoder frozen: only the decoder trains")
@@ -181,6 +354,8 @@ def prepare_for_training(model: Any, cfg: WhisperFTConfig, checkpointing: bool) 
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                  lora_dropout=cfg.lora_dropout,
                                                  target_modules=targets, bias="none"))
+        if next(model.parameters()).device.type == "cuda":
+            set_lora_input_cast(model, False)
         trainable, total = model.get_nb_trainable_parameters()
         notes.append(f"LoRA r{cfg.lora_r} on {cfg.lora_targets}: {trainable / 1e6:.2f}M "
                      f"trainable of {total / 1e6:.1f}M")
@@ -197,12 +372,17 @@ def base_of(model: Any) -> Any:
 
 # ----- data ------------------------------------------------------------------------------------
 class PieceDataset:
-    """Pieces -> {input_features, labels}; audio is read and featurised when a batch needs it."""
+    """Pieces -> {input_features, labels}; audio is read and featurised when a batch first
+    needs it, and the log-mel features (80 x 3000 float32, ~1 MB a piece) of the first
+    `cache_pieces` pieces are kept, so later epochs skip the STFT (SpecAugment masks inside
+    the model, so a cached piece still gets fresh masks every step)."""
 
     def __init__(self, pieces: list[Piece], folder: Path, processor: Any, prefix: list[int],
-                 max_label: int):
+                 max_label: int, cache_pieces: int = 512):
         self.pieces, self.folder, self.processor = pieces, Path(folder), processor
         self.prefix, self.max_label = prefix, max_label
+        self.cache_pieces = cache_pieces
+        self._cache: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -214,8 +394,12 @@ class PieceDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         p = self.pieces[i]
-        return {"input_features": features(self.processor, self.folder / p.audio),
-                "labels": self.labels(p.text)}
+        feats = self._cache.get(i)
+        if feats is None:
+            feats = features(self.processor, self.folder / p.audio)
+            if len(self._cache) < self.cache_pieces:
+                self._cache[i] = feats
+        return {"input_features": feats, "labels": self.labels(p.text)}
 
 
 def features(processor: Any, path: Path) -> Any:
@@ -253,6 +437,9 @@ def transcribe_pieces(model: Any, processor: Any, pieces: list[Piece], folder: P
     if is_multilingual(m):
         kwargs.update(language=cfg.language, task=cfg.task)
     out = []
+    casts = [mod for mod in model.modules() if hasattr(mod, "cast_input_dtype_enabled")]
+    was_cast = [mod.cast_input_dtype_enabled for mod in casts]
+    set_lora_input_cast(model, True)  # no autocast here: bf16 inputs meet fp32 adapters
     try:
         for i in range(0, len(pieces), batch_size):
             feats = np.stack([features(processor, folder / p.audio)
@@ -264,6 +451,8 @@ def transcribe_pieces(model: Any, processor: Any, pieces: list[Piece], folder: P
                 ids, skip_special_tokens=True)]
     finally:
         model.train(was_training)
+        for mod, on in zip(casts, was_cast, strict=True):
+            mod.cast_input_dtype_enabled = on
     return out
 
 
@@ -276,19 +465,15 @@ def evaluate(model: Any, processor: Any, pieces: list[Piece], folder: Path,
 
 
 # ----- the job ---------------------------------------------------------------------------------
-def optimizer_name(cfg: WhisperFTConfig, device: str) -> str:
-    import importlib.util
-
-    if cfg.optimizer == "adamw_torch" or device != "cuda":
-        return "adamw_torch_fused" if device == "cuda" else "adamw_torch"
-    if importlib.util.find_spec("bitsandbytes") is None:
-        if cfg.optimizer == "adamw_8bit":
-            raise ValueError("8-bit AdamW needs bitsandbytes (pip install bitsandbytes)")
-        return "adamw_torch_fused"
-    return "adamw_bnb_8bit"
+def optimizer_name(cfg: WhisperFTConfig, device: str, plan: MemoryPlan | None = None) -> str:
+    """The plan's optimizer on CUDA (see `plan_memory`), AdamW on CPU."""
+    if device != "cuda":
+        return "adamw_torch"
+    return (plan or plan_memory(cfg, device, None)).optimizer
 
 
-def training_args(cfg: WhisperFTConfig, run_dir: Path, device: str, dtype: Any) -> Any:
+def training_args(cfg: WhisperFTConfig, run_dir: Path, device: str, dtype: Any,
+                  plan: MemoryPlan | None = None) -> Any:
     import torch
     from transformers import TrainingArguments
 
@@ -301,10 +486,13 @@ def training_args(cfg: WhisperFTConfig, run_dir: Path, device: str, dtype: Any) 
         logging_first_step=True, eval_strategy="no",
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
         save_total_limit=2, bf16=cuda and dtype == torch.bfloat16,
-        fp16=cuda and dtype == torch.float16, optim=optimizer_name(cfg, device),
+        fp16=cuda and dtype == torch.float16, optim=optimizer_name(cfg, device, plan),
+        # the NaN filter reads the loss on the host every step: a GPU sync per step
+        logging_nan_inf_filter=False,
         report_to="none", seed=cfg.seed, data_seed=cfg.seed, use_cpu=not cuda,
         remove_unused_columns=False, disable_tqdm=True, label_names=["labels"],
-        dataloader_num_workers=2 if cuda else 0, dataloader_pin_memory=cuda)
+        dataloader_num_workers=2 if cuda else 0, dataloader_pin_memory=cuda,
+        dataloader_persistent_workers=cuda)
 
 
 def run(config: dict[str, Any], report: Any) -> None:
@@ -330,11 +518,12 @@ def run(config: dict[str, Any], report: Any) -> None:
     report.log(f"data: {len(train)} train and {len(held)} held-out pieces "
                f"({sum(p.seconds for p in pieces) / 3600:.2f} h) from {folder.name}")
     report.progress(0, cfg.max_steps, "loading the base model")
-    checkpointing = want_checkpointing(cfg, device, None)
-    model, processor, prefix, notes = load_model(cfg, device, dtype, checkpointing)
+    budget = int(cfg.memory_budget_gib * GiB) if cfg.memory_budget_gib else None
+    plan = plan_memory(cfg, device, budget, label_tokens=longest_label(cfg, train))
+    model, processor, prefix, notes = load_model(cfg, device, dtype, plan)
     report.log(f"base {cfg.base_model} ({cfg.resolved_method()}, {str(dtype).split('.')[-1]} "
                f"on {device}); language {cfg.language}, task {cfg.task}")
-    for n in notes:
+    for n in plan.notes + notes:
         report.log(n)
     max_label = base_of(model).config.max_target_positions
     train_ds = PieceDataset(train, folder, processor, prefix, max_label)
@@ -358,16 +547,38 @@ def run(config: dict[str, Any], report: Any) -> None:
         report.metrics(step, eval_wer=ev["wer"], glossary_recall=ev["glossary"]["recall"])
         report.log(f"step {step}: held-out WER {ev['wer']:.3f}" + _recall_note(ev))
 
-    args = training_args(cfg, run_dir, device, dtype)
+    args = training_args(cfg, run_dir, device, dtype, plan)
     optim = getattr(args.optim, "value", args.optim)
     report.log(f"optimizer {optim}, learning rate {args.learning_rate:g}, batch "
                f"{cfg.batch_size} x {cfg.grad_accumulation}, {cfg.max_steps} steps")
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collate,
-                      callbacks=[trainer_callback(report, cfg.eval_steps, eval_now)])
+
+    def make_trainer() -> Any:
+        return Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collate,
+                       callbacks=[trainer_callback(report, cfg.eval_steps, eval_now)])
+
+    trainer = make_trainer()
     last = report.last_checkpoint()
     if last:
         report.log(f"resumed from step {last[1]} ({last[0].name})")
-    trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+    resume = str(last[0]) if last else None
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError:
+        c = base_of(model).config
+        everything = (plan.ckpt_encoder, plan.ckpt_decoder) == (c.encoder_layers,
+                                                                c.decoder_layers)
+        if (device != "cuda" or cfg.gradient_checkpointing != "auto" or everything
+                or trainer.state.global_step > (last[1] if last else 0)):
+            raise
+        # the estimate was low for this card or data: the slowest plan that surely fits
+        report.log("out of memory in the first step: gradient checkpointing on every layer, "
+                   "starting again")
+        del trainer
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        set_checkpointing(model, c.encoder_layers, c.decoder_layers)
+        trainer = make_trainer()
+        trainer.train(resume_from_checkpoint=resume)
     if report.should_stop():
         report.log(f"stopped at step {trainer.state.global_step}; resume to continue")
         return

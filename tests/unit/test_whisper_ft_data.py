@@ -87,7 +87,7 @@ def test_manifests_csv_and_jsonl(recordings, tmp_path):
     folder, recs = recordings
     z = tmp_path / "m.zip"
     with zipfile.ZipFile(z, "w") as zf:
-        for i, (wav, text, voice) in enumerate(recs[:4]):
+        for i, (wav, _, _) in enumerate(recs[:4]):
             zf.write(wav, f"audio/{i}.wav")
         zf.writestr("list.csv", "path,text,speaker\n" + "".join(
             f"audio/{i}.wav,\"{t}\",Bo\n" for i, (_, t, _) in enumerate(recs[:2])))

@@ -1,7 +1,8 @@
 """The fine-tuning job's own code (`train.run` with a Reporter, in this process) on a tiny random
 Whisper (built from a config, tiny.en's tokenizer, a feature extractor made here) and a
-memorisable set of espeak-ng recordings: four sentences with invented names, three voices each;
-the held-out pieces are sentences it trained on in another voice.
+memorisable set of espeak-ng recordings: four sentences with invented names, eight voices
+(accents) each; the held-out pieces (8 of 32, every name in them) are sentences it trained on in
+another voice.
 
 One training run (module fixture) is judged several ways: the loss falls, the held-out WER is
 computed before, during and after and falls, the invented names the base misses are recalled
@@ -15,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400),  # ~2 min on a quiet 2-core CPU
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400),  # ~6 min on a loaded 2-core CPU
               pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")]
 pytest.importorskip("jiwer")
 
-STEPS = 120
+STEPS = 100
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def trained(tmp_path_factory):
     pieces = load_pieces(summary.folder)
     held = [p for p in pieces if p.split == "heldout"]
     train_texts = {p.text for p in pieces if p.split == "train"}
-    assert len(held) == 3 and all(p.text in train_texts for p in held)
+    assert len(held) == 8 and all(p.text in train_texts for p in held)
+    assert {g for g in GLOSSARY if any(g in p.text for p in held)} == set(GLOSSARY)
     base = make_tiny_whisper(d / "base")
     cfg = WhisperFTConfig(base_model=str(base), dataset=summary.folder, method="full",
                           batch_size=8, grad_accumulation=1, learning_rate=5e-3,
@@ -66,8 +68,8 @@ def test_heldout_wer_is_measured_during_training_and_falls(trained):
     assert [s for s, _ in wers] == [0, STEPS // 2, STEPS]  # before, every N steps, after
     res = json.loads((run_dir / "results.json").read_text())
     assert res["wer_before"] >= 0.9  # a random base transcribes nonsense
-    # measured on a loaded 2-core CPU, 120 steps: 1.00 -> 0.65
-    assert res["wer_after"] <= 0.8 * res["wer_before"], res
+    # measured on a loaded 2-core CPU: 1.00 -> 0.00 by step 75 (three voices, 120 steps: 0.65)
+    assert res["wer_after"] <= 0.25, res
     table = json.loads((run_dir / "changed.json").read_text())
     assert table and {r["reference"] for r in table} <= {p.text for p in held}
     assert all(r["wer_after"] <= r["wer_before"] for r in table[:1])
@@ -77,10 +79,11 @@ def test_invented_names_the_base_misses_are_recalled_after_tuning(trained):
     run_dir, _, _ = trained
     res = json.loads((run_dir / "results.json").read_text())
     before, after = res["glossary_before"], res["glossary_after"]
-    assert before["occurrences"] >= 2 and before["recall"] == 0.0
-    # a tiny random Whisper trained 120 steps on a CPU recalls one of the three names on the
-    # held-out pieces (measured: 0 -> 0.33); the base recalls none
-    assert after["recall"] > before["recall"] and after["recalled"] >= 1, after
+    assert before["occurrences"] >= 8 and before["recall"] == 0.0  # the base knows none
+    # after tuning, the names come out in voices the model never heard them in (measured:
+    # 0 -> 1.00 of 8 occurrences by step 75): every name, and nearly every occurrence
+    assert after["recall"] >= 0.75, after
+    assert all(t["recalled"] >= 1 for t in after["terms"].values()), after
     card = (run_dir / "model" / "RUN_CARD.md").read_text()
     assert "glossary recall: 0.00 ->" in card and "held-out WER" in card
 
