@@ -1,13 +1,17 @@
-"""Local LLM decode benchmark: plain transformers + bitsandbytes NF4 ``generate()`` against the
-studio's engine, in one run, on random weights of the Llama-3.1-8B architecture.
+"""Local LLM decode benchmark, one run, random weights of the Llama-3.1-8B architecture: plain
+transformers + bitsandbytes NF4 ``generate()``, the engine as it was (NF4, module-by-module step),
+and the engine's int4 route (`studio.llm.int4`, tinygemm; fused glue; Triton decode attention).
 
-Measured (batch 1, prompt 512, 256 new tokens, greedy, EOS ignored), under a 12 GiB emulated
-card (``emulate_card``): decode tokens/s, time to first token, peak VRAM; peak VRAM with an 8k
-context; and whether the engine computes the same logits as the plain path (NF4 vs NF4, and both
-against the bf16 weights they were quantized from).
+Measured (batch 1, prompt 512, 256 new tokens, greedy, EOS ignored) under a 12 GiB emulated
+card (``emulate_card``): decode tokens/s, TTFT, peak VRAM, the same at 8k context, the fraction
+of the HBM bandwidth limit (bytes one step must read), the per-token time split (projections,
+attention, head, other), mean KL of the logits against the bf16 weights for each format, and a
+kernel table (bf16, bnb NF4, tinygemm g128/g64, GemLite A16W4) per 8B projection shape.
 
     python bench/llm.py                      # writes bench/results/llm.json
     python bench/llm.py --layers 4 --quick   # a smoke run on a smaller stack
+    python bench/llm.py --real-quality PATH/SmolLM2-135M-Instruct.Q4_1.gguf   # CPU: KL of NF4
+        # and int4 on a real checkpoint, merged into the same file (quality_real_checkpoint)
 """
 
 from __future__ import annotations
@@ -185,9 +189,320 @@ def compare(a, b) -> dict:
             "mean_kl": float(kl.mean()), "logit_scale": float(b.abs().mean())}
 
 
+def swap_linears(model, make) -> None:
+    """Replace every decoder-layer nn.Linear `m` (and the head) by `make(m)` (quality runs)."""
+    import torch
+
+    from studio.llm.fast import decoder_stack
+
+    for layer in decoder_stack(model).layers:
+        for name, mod in list(layer.named_modules()):
+            if isinstance(mod, torch.nn.Linear):
+                parent = layer.get_submodule(name.rsplit(".", 1)[0]) if "." in name else layer
+                setattr(parent, name.rsplit(".", 1)[-1], make(mod))
+
+
+def nf4_fake(mod):
+    """The float weights bitsandbytes NF4 (blocksize 64, double quant) stands for."""
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    w = mod.weight.data
+    q, st = bnbf.quantize_4bit(w.float().contiguous(), blocksize=64, quant_type="nf4",
+                               compress_statistics=True)
+    new = torch.nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                          device=w.device, dtype=w.dtype)
+    new.weight.data.copy_(bnbf.dequantize_4bit(q, st).to(w.dtype))
+    if mod.bias is not None:
+        new.bias.data.copy_(mod.bias.data)
+    return new
+
+
+def real_quality(gguf: str, positions: int = 256, chunks: int = 2) -> dict:
+    """Mean KL of next-token distributions against the float weights, on a real checkpoint
+    (a GGUF dequantized by transformers) and real text (this repo's README), on the CPU: NF4
+    (bitsandbytes' own quantizer, dequantized) and the engine's int4 route (its real CPU
+    kernel), at group 128 and 64, with and without an int4 head."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from studio.llm.int4 import Int4Linear, quantize_model
+
+    folder, name = str(Path(gguf).parent), Path(gguf).name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model.eval()
+    text = (ROOT / "README.md").read_text()
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    batch = torch.tensor([ids[i * positions:(i + 1) * positions] for i in range(chunks)])
+
+    def logits(m):
+        with torch.inference_mode():
+            return torch.cat([m(batch[i:i + 1]).logits[0] for i in range(len(batch))]).float()
+
+    ref = logits(model)
+    out = {"checkpoint": name, "text": "README.md", "positions": int(batch.numel()),
+           "reference": "the GGUF dequantized to float32 by transformers", "routes": {}}
+    nf4 = copy.deepcopy(model)
+    swap_linears(nf4, nf4_fake)
+    out["routes"]["nf4_bnb_double_quant"] = compare(logits(nf4), ref)
+    del nf4
+    for group in (128, 64):
+        for head in (False, True):
+            m = copy.deepcopy(model)
+            info = quantize_model(m, "cpu", group=group, head=head)
+            assert any(isinstance(x, Int4Linear) for x in m.modules())
+            r = compare(logits(m), ref)
+            r["groups_used"] = sorted({x.group_size for x in m.modules()
+                                       if isinstance(x, Int4Linear)})
+            r["layers"] = info["layers"]
+            out["routes"][f"int4_g{group}" + ("_int4_head" if head else "")] = r
+            del m
+    out["note"] = ("The GGUF is Q4_1 (affine 4-bit, blocks of 32): its dequantized weights sit "
+                   "on an affine grid, which favours an affine int4 re-quantization over NF4; "
+                   "the random-weight 8B rows (Gaussian init, NF4's best case) are the other "
+                   "side.")
+    return out
+
+
+HBM_TB_S = {"H200": 4.8, "H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "A100-SXM4-80GB": 2.04,
+            "RTX 4070 Ti": 0.504}
+
+
+def bandwidth_tb_s(device_name: str) -> float | None:
+    for k, v in HBM_TB_S.items():
+        if k in device_name:
+            return v
+    return None
+
+
+def bytes_per_token(decoder, context: int) -> dict:
+    """Bytes one decode step must read: every weight but the embedding table (one row), plus
+    the K/V cache up to `context`."""
+    model, inner = decoder.model, decoder.inner
+    seen, total = set(), 0
+    emb = inner.embed_tokens.weight
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen or t is emb or t.device.type != "cuda":
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+        qs = getattr(t, "quant_state", None)
+        if qs is not None:
+            total += qs.absmax.numel() * qs.absmax.element_size()
+    if getattr(model.lm_head, "weight", None) is emb:
+        total += emb.numel() * emb.element_size()
+    kv = 2 * len(decoder.layers) * decoder.n_kv * decoder.head_dim * context * 2
+    return {"weights": total, "kv": kv, "total": total + kv}
+
+
+def step_split(decoder, attend: int, step_ms: float) -> dict:
+    """Per-token time split of one decode step (ms): the projections (every layer's 7 linear
+    layers), attention (RoPE, cache write, the two attention GEMMs over `attend` tokens), the
+    head (final norm + LM head), each timed as a CUDA graph of the engine's own modules, and
+    "other" (norms, residuals, SiLU, glue: the rest of the measured step)."""
+    import torch
+
+    d = decoder
+    layer, n = d.layers[0], len(d.layers)
+    attn, mlp = layer.self_attn, layer.mlp
+    hidden = d.inner.embed_tokens.weight.shape[1]
+    inter = mlp.down_proj.in_features
+    h = torch.randn(1, 1, hidden, dtype=d.dtype, device=d.device) * 0.1
+    hi = torch.randn(1, 1, inter, dtype=d.dtype, device=d.device) * 0.1
+    ho = torch.randn(1, 1, d.n_heads * d.head_dim, dtype=d.dtype, device=d.device) * 0.1
+    pos = torch.tensor([attend - 1], device=d.device)
+    rope, mask = d._step_inputs(pos, attend - 1, attend, 1)
+    q = torch.randn(1, d.n_heads, 1, d.head_dim, dtype=d.dtype, device=d.device)
+    k = torch.randn(1, d.n_kv, 1, d.head_dim, dtype=d.dtype, device=d.device)
+
+    from studio.llm.fast import _qkv
+
+    def projections():  # as the step calls them (q/k/v and gate/up fused where they are)
+        _qkv(attn, h), attn.o_proj(ho)
+        fused = getattr(mlp, "gate_up_proj", None)
+        if fused is not None:
+            fused(h)
+        else:
+            mlp.gate_proj(h), mlp.up_proj(h)
+        mlp.down_proj(hi)
+
+    def attention():
+        qq, kk = d._rope(q, *rope), d._rope(k, *rope)
+        d.k_cache[0].index_copy_(2, pos, kk)
+        d.v_cache[0].index_copy_(2, pos, kk)
+        qg = qq.reshape(1, d.n_kv, d.n_rep, d.head_dim)
+        d._decode_attention(0, qg, d.k_cache[0][:, :, :attend], d.v_cache[0][:, :, :attend],
+                            mask, pos, attend)
+
+    def head():
+        d.model.lm_head(d._norm(d.inner.norm, h))
+
+    with torch.inference_mode():
+        out = {"projections": n * graph_time_us(projections) / 1e3,
+               "attention": n * graph_time_us(attention) / 1e3,
+               "head": graph_time_us(head) / 1e3}
+    out["other"] = step_ms - sum(out.values())
+    out["step"] = step_ms
+    out["attended_tokens"] = attend
+    out["decode_attention"] = d._attention_kind(attend)
+    return out
+
+
+def engine_routes(res, studio, folder, tag, quant, group, head, routes, base, ids,
+                  long_prompt, ref_ids, bf16_logits, a, bw) -> None:
+    """Load the engine in `quant` (int4: `group`, int4 `head`), run its decode routes, the 8k
+    row, the logits check against bf16 (and the plain NF4 path), the step split."""
+    import torch
+
+    from studio.llm import int4
+    from studio.llm.engine import ModelSource, TransformersEngine
+
+    group, fuse_proj = group if isinstance(group, tuple) else (group, False)
+    int4.GROUP, int4.QUANTIZE_HEAD, int4.FUSE = group, head, fuse_proj
+    engine = TransformersEngine(studio, ModelSource(str(folder), quant), max_context=a.context)
+    info: dict = {}
+    res["engine"][tag] = info
+    t0 = time.perf_counter()
+    with studio.models.use(engine.key) as llm:
+        info["load_s"] = time.perf_counter() - t0
+        info["measured_gib"] = studio.models.stats(engine.key)["size"] / GiB
+        info["format"] = llm.format
+        dec = llm.decoder
+        info["kv_cache_gib"] = dec.cache_bytes() / GiB
+        prompt_ids = ids
+        for name, graphs, attention, fuse in routes:
+            try:
+                dec.use_cuda_graphs = graphs
+                dec.decode_attention = attention
+                dec.fuse_glue = fuse
+                dec.reset_graphs()
+                time_decoder(dec, prompt_ids, 8)  # warm-up (captures the graphs)
+                torch.cuda.reset_peak_memory_stats()
+                r = time_decoder(dec, prompt_ids, a.new_tokens)
+                r["peak_vram_gib"] = torch.cuda.max_memory_allocated() / GiB
+                r["route"] = (f"engine, {llm.format}, "
+                              + ("whole step captured as CUDA graphs" if graphs else "eager")
+                              + f", {attention} decode attention, "
+                              + ("fused compiled glue" if fuse else "module-by-module glue"))
+                ctx = len(prompt_ids) + a.new_tokens // 2
+                b = bytes_per_token(dec, ctx)
+                r["bytes_per_token"] = b
+                if bw:
+                    limit = bw * 1e12 / b["total"]
+                    r["bandwidth_limit_tokens_per_s"] = limit
+                    r["fraction_of_bandwidth_limit"] = r["decode_tokens_per_s"] / limit
+                if base is not None:
+                    r["speedup_vs_plain"] = r["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+                if graphs:
+                    r["step_split_ms"] = step_split(
+                        dec, dec._bucket(ctx), 1e3 / r["decode_tokens_per_s"])
+                res["routes"][name] = r
+            except Exception:
+                res["errors"][name] = traceback.format_exc(limit=6)
+        long_routes = [(f"engine_cuda_graphs_{tag}_8k_context", routes[0][2], routes[0][3])]
+        if quant == "nf4":  # today's engine at 8k
+            long_routes = [(f"engine_cuda_graphs_{tag}_8k_context", "matmul", False)]
+        elif (group, head, fuse_proj) == (128, False, False):
+            long_routes.append((f"engine_cuda_graphs_{tag}_8k_context_matmul_attention",
+                                "matmul", True))
+        for name, attention, fuse in long_routes:
+            eight_k(res, dec, name, attention, fuse, llm, long_prompt, a, bw)
+        if quant == "int4":
+            try:  # greedy tokens of the fast route (graphs) = its eager reference (no graphs)
+                dec.decode_attention, dec.fuse_glue = routes[0][2], routes[0][3]
+                dec.reset_graphs()
+                dec.use_cuda_graphs = True
+                g = time_decoder(dec, long_prompt[:512], 64)["_tokens"]
+                dec.use_cuda_graphs = False
+                e = time_decoder(dec, long_prompt[:512], 64)["_tokens"]
+                dec.use_cuda_graphs = True
+                info["greedy_graph_vs_eager_equal_tokens"] = sum(1 for _ in iter_equal(g, e))
+                info["greedy_compared_tokens"] = len(g)
+            except Exception:
+                res["errors"][f"{tag} greedy"] = traceback.format_exc(limit=6)
+        dec.decode_attention, dec.fuse_glue = routes[0][2], routes[0][3]
+        dec.reset_graphs()
+        try:
+            ours, start = decoder_logits(dec, ref_ids)
+            ref = bf16_logits[start:start + len(ours)]
+            q = {"positions": len(ours), "vs_bf16": compare(ours, ref),
+                 "route": routes[0][0]}
+            if base is not None:
+                q["vs_plain_nf4_decode"] = compare(ours, base["_step_logits"])
+            info["logits_check"] = q
+        except Exception:
+            res["errors"][f"{tag} logits"] = traceback.format_exc(limit=6)
+
+
+def eight_k(res, dec, name, attention, fuse, llm, long_prompt, a, bw) -> None:
+    """8k context: peak VRAM, TTFT of a long prompt, decode over a full cache."""
+    import torch
+
+    try:
+        dec.use_cuda_graphs, dec.decode_attention, dec.fuse_glue = True, attention, fuse
+        dec.reset_graphs()
+        time_decoder(dec, long_prompt, 4)
+        torch.cuda.reset_peak_memory_stats()
+        r = time_decoder(dec, long_prompt, a.new_tokens)
+        r["peak_vram_gib"] = torch.cuda.max_memory_allocated() / GiB
+        r["prompt_tokens"] = len(long_prompt)
+        r["route"] = (f"engine, {llm.format}, CUDA graphs, {attention} decode attention, "
+                      + ("fused" if fuse else "module-by-module") + " glue; the prompt "
+                      "fills the context to its last token")
+        ctx = len(long_prompt) + a.new_tokens // 2
+        if bw:
+            r["fraction_of_bandwidth_limit"] = r["decode_tokens_per_s"] / (
+                bw * 1e12 / bytes_per_token(dec, ctx)["total"])
+        r["step_split_ms"] = step_split(dec, dec._bucket(ctx), 1e3 / r["decode_tokens_per_s"])
+        res["routes"][name] = r
+    except Exception:
+        res["errors"][name] = traceback.format_exc(limit=6)
+
+
+def iter_equal(a, b):
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            return
+        yield x
+
+
+def summary(res) -> dict:
+    """The issue's targets against this run."""
+    r, e = res["routes"], res.get("engine", {})
+    out = {}
+    plain = r.get("plain_generate_nf4", {}).get("decode_tokens_per_s")
+    nf4 = r.get("engine_cuda_graphs_nf4", {}).get("decode_tokens_per_s")
+    nf4_kl = e.get("nf4", {}).get("logits_check", {}).get("vs_bf16", {}).get("mean_kl")
+    for tag in [t for t in e if t.startswith("int4")]:
+        row = r.get(f"engine_cuda_graphs_{tag}", {})
+        long = r.get(f"engine_cuda_graphs_{tag}_8k_context", {})
+        kl = e[tag].get("logits_check", {}).get("vs_bf16", {}).get("mean_kl")
+        tps = row.get("decode_tokens_per_s")
+        out[tag] = {
+            "decode_tokens_per_s": tps, "vs_plain_generate": tps / plain if tps and plain
+            else None, "vs_nf4_engine": tps / nf4 if tps and nf4 else None,
+            "peak_vram_gib": row.get("peak_vram_gib"),
+            "tokens_per_s_8k": long.get("decode_tokens_per_s"),
+            "peak_vram_gib_8k": long.get("peak_vram_gib"),
+            "mean_kl_vs_bf16": kl, "nf4_mean_kl_vs_bf16": nf4_kl,
+            "target_300_tok_s": bool(tps and tps >= 300),
+            "target_peak_6_6_gib": bool(row.get("peak_vram_gib") and
+                                        row["peak_vram_gib"] <= 6.6),
+            "target_8k_250_tok_s": bool(long.get("decode_tokens_per_s", 0) >= 250),
+            "target_kl_no_worse_than_nf4": bool(kl is not None and nf4_kl is not None
+                                                and kl <= nf4_kl),
+        }
+    return out
+
+
 LINEAR_SHAPES = {"q_proj/o_proj": (4096, 4096), "k_proj/v_proj": (1024, 4096),
                  "gate_proj/up_proj": (14336, 4096), "down_proj": (4096, 14336)}
 PER_LAYER = {"q_proj/o_proj": 2, "k_proj/v_proj": 2, "gate_proj/up_proj": 2, "down_proj": 1}
+FUSED_SHAPES = {"qkv_fused": (6144, 4096), "gate_up_fused": (28672, 4096),
+                "lm_head": (128256, 4096)}
 
 
 def graph_time_us(fn, calls: int = 20, replays: int = 20) -> float:
@@ -213,15 +528,20 @@ def graph_time_us(fn, calls: int = 20, replays: int = 20) -> float:
     return start.elapsed_time(end) * 1000 / (calls * replays)
 
 
-def time_shape(n: int, k: int) -> tuple[dict, dict]:
-    """Per-call microseconds of one (out n, in k) projection at batch 1, per kernel."""
-    import bitsandbytes as bnb
+def time_shape(n: int, k: int, gemlite: bool) -> tuple[dict, dict]:
+    """Per-call microseconds of one (out n, in k) projection at batch 1, per kernel: bf16,
+    bitsandbytes NF4, the engine's int4 layer (tinygemm) at group 128 and 64, GemLite's A16W4
+    Triton kernel (group 128) when it is installed."""
     import torch
+
+    from studio.llm.int4 import Int4Linear
 
     x = torch.randn(1, k, dtype=torch.bfloat16, device="cuda")
     w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02
     row, errors = {"bf16": graph_time_us(lambda: torch.nn.functional.linear(x, w))}, {}
     try:
+        import bitsandbytes as bnb
+
         lin = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16,
                                 quant_type="nf4", compress_statistics=True)
         lin.weight = bnb.nn.Params4bit(w.cpu(), requires_grad=False, quant_type="nf4",
@@ -231,31 +551,50 @@ def time_shape(n: int, k: int) -> tuple[dict, dict]:
             row["bnb_nf4"] = graph_time_us(lambda: lin(x))
     except Exception as exc:
         errors["bnb_nf4"] = repr(exc)
-    try:
-        packed_u8 = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda")
-        packed = torch._convert_weight_to_int4pack(packed_u8, 8)
-        sz = torch.rand(k // 128, n, 2, dtype=torch.bfloat16, device="cuda")
-        row["int4_tinygemm_g128"] = graph_time_us(
-            lambda: torch._weight_int4pack_mm(x, packed, 128, sz))
-    except Exception as exc:
-        errors["int4_tinygemm_g128"] = repr(exc)
+    for group in (128, 64):
+        try:
+            q4 = Int4Linear.from_weight(w, None, "cuda", group)
+            with torch.inference_mode():
+                row[f"int4_tinygemm_g{group}"] = graph_time_us(lambda q4=q4: q4(x))
+        except Exception as exc:
+            errors[f"int4_tinygemm_g{group}"] = repr(exc)
+    if gemlite:
+        try:
+            from gemlite.helper import A16Wn
+
+            from studio.llm.int4 import quantize
+
+            q, sc, z = quantize(w, 128, clip_search=False, refine=0)
+            zq = (8 - z / sc)  # gemlite's form: w = (q - zero) * scale
+            gl = A16Wn(device="cuda", dtype=torch.bfloat16).from_weights(
+                q, sc.to(torch.bfloat16), zq.to(torch.bfloat16), 4, 128)
+            t0 = time.perf_counter()
+            gl(x)  # autotune / compile
+            sync()
+            errors["gemlite_first_call_s"] = time.perf_counter() - t0
+            row["gemlite_a16w4_g128"] = graph_time_us(lambda: gl(x))
+        except Exception as exc:
+            errors["gemlite_a16w4_g128"] = repr(exc)[:400]
     return row, errors
 
 
-def linear_kernels(layers: int) -> dict:
-    """Batch-1 matmul kernels per 8B projection shape: bnb NF4 (what the engine runs), bf16,
-    and PyTorch's built-in int4 tinygemm (`_weight_int4pack_mm`, what torchao's int4
-    weight-only uses): the next route, measured before building it."""
+def linear_kernels(layers: int, gemlite: bool = True) -> dict:
+    """Batch-1 matmul kernels per 8B projection shape (and the fused q/k/v, gate/up and the LM
+    head shapes): the measurement that picks the engine's kernel."""
+    try:
+        import gemlite as _gl  # noqa: F401
+    except ImportError:
+        gemlite = False
     out: dict = {"us_per_call": {}, "errors": {}}
-    for name, (n, k) in LINEAR_SHAPES.items():
-        row, errors = time_shape(n, k)
+    for name, (n, k) in {**LINEAR_SHAPES, **FUSED_SHAPES}.items():
+        row, errors = time_shape(n, k, gemlite)
         out["us_per_call"][name] = row
         out["errors"].update({f"{name} {kind}": e for kind, e in errors.items()})
     rows = out["us_per_call"]
+    kinds = sorted({k for s in LINEAR_SHAPES for k in rows[s]})
     out["projection_matmul_ms_per_token"] = {
         kind: layers * sum(rows[s][kind] * c for s, c in PER_LAYER.items()) / 1e3
-        for kind in ("bf16", "bnb_nf4", "int4_tinygemm_g128")
-        if all(kind in rows[s] for s in rows)}
+        for kind in kinds if all(kind in rows[s] for s in LINEAR_SHAPES)}
     return out
 
 
@@ -270,10 +609,26 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--context", type=int, default=8192)
     p.add_argument("--cap-gib", type=float, default=12.0)
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--skip-eager", action="store_true")
+    p.add_argument("--skip-gemlite", action="store_true")
+    p.add_argument("--int4-variants", nargs="+", default=["64:1:1", "128:0:0"],
+                   help="group:int4-head:fused-projections triples to load and measure")
+    p.add_argument("--kernels-from", help="a previous llm.json whose GemLite rows to keep "
+                   "(with --skip-gemlite: its autotuning takes ~11 s per shape)")
+    p.add_argument("--real-quality", metavar="GGUF",
+                   help="CPU only: KL of NF4 and int4 against a real checkpoint, merged into "
+                        "--out under quality_real_checkpoint")
     p.add_argument("--quick", action="store_true", help="smaller smoke run")
     a = p.parse_args(argv)
     if a.quick:
         a.new_tokens, a.context = 32, 2048
+    out = Path(a.out)
+    if a.real_quality:
+        res = json.loads(out.read_text()) if out.is_file() else {}
+        res["quality_real_checkpoint"] = real_quality(a.real_quality)
+        out.write_text(json.dumps(res, indent=2))
+        print(json.dumps(res["quality_real_checkpoint"], indent=2))
+        return res
     if not torch.cuda.is_available():
         raise SystemExit("bench/llm.py needs a CUDA GPU")
 
@@ -283,8 +638,6 @@ def main(argv: list[str] | None = None) -> dict:
     from studio.config import Settings
     from studio.context import build_studio
     from studio.devices import emulate_card
-    from studio.llm.engine import ModelSource, TransformersEngine
-
     res: dict = {
         "benchmark": "llm decode, batch 1, greedy, EOS ignored",
         "device": torch.cuda.get_device_name(0),
@@ -296,7 +649,10 @@ def main(argv: list[str] | None = None) -> dict:
                      "bitsandbytes": bitsandbytes.__version__},
         "routes": {}, "errors": {},
     }
-    out = Path(a.out)
+    if out.is_file():  # the CPU real-checkpoint quality section survives a GPU re-run
+        old = json.loads(out.read_text()).get("quality_real_checkpoint")
+        if old:
+            res["quality_real_checkpoint"] = old
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
@@ -330,84 +686,50 @@ def main(argv: list[str] | None = None) -> dict:
 
     studio = build_studio(Settings(home=tmp / "home", vram_budget=int(a.cap_gib * GiB)),
                           start_jobs=False)
-    engine = TransformersEngine(studio, ModelSource(str(tmp / "model"), "nf4"),
-                                max_context=a.context)
-    t0 = time.perf_counter()
-    with studio.models.use(engine.key) as llm:
-        res["engine_load_s"] = time.perf_counter() - t0
-        res["engine_measured_gib"] = studio.models.stats(engine.key)["size"] / GiB
-        dec = llm.decoder
-        res["kv_cache_gib"] = dec.cache_bytes() / GiB
-        ids = prompt[0].tolist()
-        routes = (("engine_eager_nf4", False, "matmul"),
-                  ("engine_cuda_graphs_nf4", True, "matmul"),
-                  ("engine_cuda_graphs_nf4_sdpa_attention", True, "sdpa"))
-        for name, graphs, attention in routes:
-            try:
-                dec.use_cuda_graphs = graphs
-                dec.decode_attention = attention
-                dec.reset_graphs()
-                time_decoder(dec, ids, 8)  # warm-up (captures the graphs)
-                torch.cuda.reset_peak_memory_stats()
-                r = time_decoder(dec, ids, a.new_tokens)
-                r["peak_vram_gib"] = torch.cuda.max_memory_allocated() / GiB
-                r["route"] = ("static KV cache, own decode loop, bnb gemv_4bit, "
-                              + ("whole step captured as CUDA graphs" if graphs else "eager")
-                              + f", {attention} decode attention")
-                if base is not None:
-                    same = 0
-                    for x, y in zip(r["_tokens"], base["_tokens"], strict=False):
-                        if x != y:
-                            break
-                        same += 1
-                    r["greedy_tokens_equal_to_plain"] = same
-                    r["speedup_vs_plain"] = r["decode_tokens_per_s"] / base["decode_tokens_per_s"]
-                res["routes"][name] = r
-            except Exception:
-                res["errors"][name] = traceback.format_exc(limit=6)
-            save()
-        for name, attention in (("engine_cuda_graphs_nf4_8k_context", "matmul"),
-                                ("engine_cuda_graphs_nf4_8k_context_sdpa_attention", "sdpa")):
-            try:  # 8k context: peak VRAM, TTFT of a long prompt, decode over a full cache
-                dec.use_cuda_graphs = True
-                dec.decode_attention = attention
-                dec.reset_graphs()
-                time_decoder(dec, long_prompt, 4)  # warm-up (captures the 8k graph)
-                torch.cuda.reset_peak_memory_stats()
-                r = time_decoder(dec, long_prompt, a.new_tokens)
-                r["peak_vram_gib"] = torch.cuda.max_memory_allocated() / GiB
-                r["prompt_tokens"] = len(long_prompt)
-                r["route"] = (f"engine, CUDA graphs, {attention} decode attention; the prompt "
-                              "fills the context to its last token")
-                res["routes"][name] = r
-            except Exception:
-                res["errors"][name] = traceback.format_exc(limit=6)
-            save()
-        dec.decode_attention = "matmul"
-        dec.reset_graphs()
-        try:  # same logits as the plain path, up to quantization noise
-            ours, start = decoder_logits(dec, ref_ids)
-            ref = bf16_logits[start:start + len(ours)]
-            q = {"positions": len(ours), "engine_vs_bf16": compare(ours, ref)}
-            if base is not None:
-                plain = base["_logits"][start:start + len(ours)]
-                step = base["_step_logits"]
-                q["engine_vs_plain_nf4_decode"] = compare(ours, step)
-                q["plain_nf4_full_forward_vs_plain_nf4_decode"] = compare(plain, step)
-                q["engine_vs_plain_nf4_full_forward"] = compare(ours, plain)
-                q["plain_nf4_vs_bf16"] = compare(plain, ref)
-            q["note"] = ("engine_vs_plain_nf4_decode compares the same NF4 weights through "
-                         "the same batch-1 kernels; plain_nf4_full_forward_vs_plain_nf4_decode is "
-                         "the bf16 noise floor of the plain path itself (batched vs stepwise). "
-                         "Against bf16, both 4-bit paths differ alike: with random weights, "
-                         "4-bit noise decorrelates a 32-layer stack.")
-            res["logits_check"] = q
+    studio.models.warm_bytes = 0  # no background pinned copy during the timed runs
+    ids = prompt[0].tolist()
+    bw = bandwidth_tb_s(res["device"])
+    res["hbm_tb_s"] = bw
+    res["engine"] = {}
+    # (name, CUDA graphs, decode attention, fused glue): "engine_cuda_graphs_nf4" is the
+    # engine as it was before the int4 route (NF4, module-by-module step)
+    routes_nf4 = [("engine_cuda_graphs_nf4", True, "matmul", False),
+                  ("engine_cuda_graphs_nf4_fused_glue", True, "matmul", True),
+                  ("engine_cuda_graphs_nf4_fused_glue_triton_attention", True, "triton", True)]
+    if not a.skip_eager:
+        routes_nf4.insert(0, ("engine_eager_nf4", False, "matmul", False))
+    runs = [("nf4", "nf4", 128, False, routes_nf4)]
+    for group, head, fuse in [tuple(int(x) for x in v.split(":")) for v in a.int4_variants]:
+        tag = f"int4_g{group}" + ("_int4_head" if head else "") + ("_fused" if fuse else "")
+        routes = [(f"engine_cuda_graphs_{tag}", True, "triton", True)]
+        if (group, head, fuse) == (128, False, False):
+            routes += [(f"engine_cuda_graphs_{tag}_matmul_attention", True, "matmul", True),
+                       (f"engine_cuda_graphs_{tag}_unfused", True, "matmul", False)]
+        runs.append((tag, "int4", (group, bool(fuse)), bool(head), routes))
+    for tag, quant, group, head, routes in runs:
+        try:
+            engine_routes(res, studio, tmp / "model", tag, quant, group, head, routes, base,
+                          ids, long_prompt, ref_ids, bf16_logits, a, bw)
         except Exception:
-            res["errors"]["logits_check"] = traceback.format_exc(limit=6)
+            res["errors"][f"engine {tag}"] = traceback.format_exc(limit=8)
+        studio.models.evict_all()
+        gc.collect()
+        torch.cuda.empty_cache()
+        save()
+    res["summary"] = summary(res)
     save()
-    studio.models.evict_all()
     try:
-        res["linear_kernels"] = linear_kernels(a.layers)
+        res["linear_kernels"] = linear_kernels(a.layers, gemlite=not a.skip_gemlite)
+        if a.skip_gemlite and a.kernels_from and Path(a.kernels_from).is_file():
+            prev = json.loads(Path(a.kernels_from).read_text())
+            old = prev.get("linear_kernels", {})
+            rows = {s: {k: v for k, v in r.items() if k.startswith("gemlite")}
+                    for s, r in old.get("us_per_call", {}).items()}
+            res["linear_kernels"]["gemlite_from_earlier_run"] = {
+                "file": Path(a.kernels_from).name, "device": prev.get("device"),
+                "us_per_call": {s: r for s, r in rows.items() if r},
+                "first_call_s": {k: v for k, v in old.get("errors", {}).items()
+                                 if "gemlite" in k}}
     except Exception:
         res["errors"]["linear_kernels"] = traceback.format_exc(limit=6)
     save()

@@ -17,7 +17,7 @@ class ModelChoice:
     role: str
     source: str | None  # hub id, local folder or file; None = not available in this profile
     title: str
-    quantization: str = "none"  # nf4 | bf16 | fp16 | gguf | int8 | none
+    quantization: str = "none"  # auto | int4 | nf4 | bf16 | fp16 | gguf | int8 | none
     gguf_file: str | None = None
     note: str = ""
 
@@ -25,7 +25,7 @@ class ModelChoice:
 def full_profile() -> dict[str, ModelChoice]:
     return {
         "chat": ModelChoice("chat", "meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct",
-                            "nf4"),
+                            "auto"),  # int4 (tinygemm) decode on CUDA: studio/llm/int4.py
         "embedder": ModelChoice("embedder", "BAAI/bge-small-en-v1.5", "bge-small-en-v1.5"),
         "reranker": ModelChoice("reranker", "BAAI/bge-reranker-base", "bge-reranker-base"),
         "whisper": ModelChoice("whisper", "large-v3-turbo", "Whisper large-v3-turbo", "fp16"),

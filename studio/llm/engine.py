@@ -1,7 +1,9 @@
 """The local backend: a transformers chat model loaded through the studio's model manager.
 
-Loads from a hub id (real users), a local folder, or a single ``.gguf`` file; NF4 4-bit with
-bitsandbytes on CUDA (the default for 7-8B on a 12 GB card), bf16/fp16, or float32 on CPU.
+Loads from a hub id (real users), a local folder, or a single ``.gguf`` file; int4 (the
+engine's decode format, `studio.llm.int4`: tinygemm, quantized at load from bf16 or from a
+4-bit NF4 base; the default on CUDA for the Llama-family models the fast path drives), NF4 4-bit
+with bitsandbytes, bf16/fp16, or float32 on CPU.
 The model is registered with `studio.models` as a `ModelSpec`, so the manager measures it,
 pins it while a reply streams, and evicts it when another tab needs the memory. Decoding uses
 `studio.llm.fast.StaticDecoder` (static KV cache, CUDA graphs) for Llama-family models and
@@ -41,7 +43,7 @@ class ModelSource:
     """Where a chat model comes from and how to load it."""
 
     source: str  # hub id, local folder, or .gguf file
-    quantization: str = "auto"  # auto | nf4 | bf16 | fp16 | fp32 | gguf | none
+    quantization: str = "auto"  # auto | int4 | nf4 | bf16 | fp16 | fp32 | gguf | none
     gguf_file: str | None = None
     title: str = ""
 
@@ -111,6 +113,7 @@ class LoadedLLM:
     eos_ids: frozenset[int]
     decoder: Any = None  # StaticDecoder or None (generic generate() path)
     adapter: str | None = None
+    format: str = ""  # what the ledger and the load message show, e.g. "int4 g128 (tinygemm)"
     notes: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -133,6 +136,85 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
     return frozenset(i for i in ids if i is not None)
 
 
+def _config_of(where: str, gguf_file: str | None, local_only: bool = True):
+    """The checkpoint's config without loading weights (None if it cannot be read; a hub id
+    is read from the local cache only unless `local_only` is False)."""
+    if gguf_file:
+        return None
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(where, local_files_only=local_only)
+    except Exception:
+        return None
+
+
+def _prequantized_4bit(cfg) -> bool:
+    qc = getattr(cfg, "quantization_config", None)
+    if qc is None:
+        return False
+    get = qc.get if isinstance(qc, dict) else (lambda k, d=None: getattr(qc, k, d))
+    return bool(get("load_in_4bit", False) or get("_load_in_4bit", False))
+
+
+def planned_quantization(src: ModelSource, device: str, local_only: bool = True) -> str:
+    """What ``auto`` becomes for `src` on `device`, read from the config alone: int4 on CUDA for
+    the architectures the fast decode path drives, NF4 for other models, the GGUF's own weights
+    for a .gguf, float32 on CPU."""
+    if src.quantization != "auto":
+        return src.quantization
+    try:
+        where, gguf_file = resolve_source(src)
+    except ModelLoadError:
+        return "auto"
+    if gguf_file:
+        return "gguf"
+    if device != "cuda":
+        return "fp32"
+    from studio.llm.fast import FAST_MODEL_TYPES
+
+    cfg = _config_of(where, gguf_file, local_only)
+    text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+    if text is not None and getattr(text, "model_type", None) in FAST_MODEL_TYPES and \
+            not getattr(text, "use_sliding_window", False):
+        return "int4"
+    return "nf4"
+
+
+def format_label(quant: str) -> str:
+    from studio.llm import int4
+
+    labels = {"int4": int4.format_label(int4.GROUP, int4.QUANTIZE_HEAD),
+              "nf4": "NF4 (bitsandbytes)"}
+    return labels.get(quant, quant)
+
+
+def _load_int4(where: str, kwargs: dict[str, Any], device: str, notes: list[str]):
+    """int4: from the bf16 (or GGUF) weights in CPU RAM, or from a 4-bit NF4 base on the GPU
+    (dequantized layer by layer), quantized into `studio.llm.int4` on `device`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from studio.llm import int4
+
+    cfg = _config_of(where, kwargs.get("gguf_file"), local_only=False)
+    load = dict(kwargs)
+    if cfg is not None and _prequantized_4bit(cfg):
+        if device != "cuda":
+            raise ModelLoadError(f"{where} is a 4-bit bitsandbytes checkpoint: it needs CUDA.")
+        load["device_map"] = {"": 0}
+        notes.append("Converted the checkpoint's NF4 weights to int4 at load.")
+    else:
+        load["dtype"] = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(where, **load)
+    try:
+        int4.quantize_model(model, device, group=int4.GROUP, head=int4.QUANTIZE_HEAD)
+    except ValueError as exc:
+        raise ModelLoadError(f"int4 does not fit this model ({exc}); choose nf4 or bf16.") \
+            from exc
+    return model
+
+
 def load_llm(src: ModelSource, device: str, max_context: int = DEFAULT_CONTEXT,
              fast: bool = True) -> LoadedLLM:
     """Load tokenizer + model for `src` onto `device`. Raises ModelLoadError in plain words."""
@@ -141,9 +223,9 @@ def load_llm(src: ModelSource, device: str, max_context: int = DEFAULT_CONTEXT,
     from studio.llm.fast import StaticDecoder, supports_fast_decode
 
     where, gguf_file = resolve_source(src)
-    quant = src.quantization
+    quant = planned_quantization(src, device, local_only=False)
     if quant == "auto":
-        quant = "gguf" if gguf_file else ("nf4" if device == "cuda" else "fp32")
+        quant = "nf4" if device == "cuda" else "fp32"
     notes = []
     kwargs: dict[str, Any] = {"dtype": _dtype_for(quant, device)}
     if gguf_file:
@@ -162,13 +244,18 @@ def load_llm(src: ModelSource, device: str, max_context: int = DEFAULT_CONTEXT,
     try:
         tok_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(where, **tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        if quant == "int4":
+            model = _load_int4(where, kwargs, device, notes)  # placed by the conversion
+        else:
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    except ModelLoadError:
+        raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         hint = ""
         if _HUB_ID.match(where) and not Path(where).exists():
             hint = " (a hub id needs internet or a copy in the Hugging Face cache)"
         raise ModelLoadError(f"Could not load {src.source}{hint}: {exc}") from exc
-    if "device_map" not in kwargs:
+    if "device_map" not in kwargs and quant != "int4":
         model = model.to(device)
     model.eval()
     if not tokenizer.chat_template:
@@ -177,7 +264,44 @@ def load_llm(src: ModelSource, device: str, max_context: int = DEFAULT_CONTEXT,
     decoder = StaticDecoder(model, ctx) if fast and supports_fast_decode(model) else None
     return LoadedLLM(model=model, tokenizer=tokenizer, device=device, quantization=quant,
                      max_context=ctx, eos_ids=_eos_ids(model, tokenizer), decoder=decoder,
-                     notes=notes)
+                     notes=notes, format=format_label(quant))
+
+
+class LLMSwap:
+    """The warm tier for a loaded chat model: the weights go to pinned CPU RAM
+    (`studio.models.PinnedSwap`), the decoder's cache and graphs are freed, and a restore copies
+    the weights back and rebuilds cache, RoPE tables and graphs (captured graphs hold device
+    pointers of tensors that no longer exist)."""
+
+    def __init__(self):
+        from studio.models import PinnedSwap
+
+        self.swap = PinnedSwap()
+
+    def prestage(self, llm: LoadedLLM) -> None:
+        self.swap.prestage(llm.model)  # a side-stream copy: replies keep running
+
+    def offload(self, llm: LoadedLLM) -> LoadedLLM:
+        with llm.lock:
+            if llm.decoder is not None:
+                llm.decoder.release()
+            self.swap.offload(llm.model)
+        return llm
+
+    def restore(self, llm: LoadedLLM, device: str) -> LoadedLLM:
+        with llm.lock:
+            self.swap.restore(llm.model, device)
+            if llm.decoder is not None:
+                llm.decoder.rebuild()
+        return llm
+
+    def unload(self, llm: LoadedLLM) -> None:
+        llm.close()
+        self.swap.clear()
+
+    def spec_kwargs(self) -> dict[str, Any]:
+        return {"offload": self.offload, "restore": self.restore, "unload": self.unload,
+                "prestage": self.prestage}
 
 
 # ----- sampling and detokenizing ------------------------------------------------------------
@@ -364,14 +488,20 @@ class TransformersEngine(LLMEngine):
 
         cuda = self.studio.probe.device == "cuda"
         source, max_context, fast = self.source, self.max_context, self.fast
-        self.studio.models.ensure(self.key, lambda: ModelSpec(
-            key=self.key,
-            load=lambda device: load_llm(source, device, max_context, fast),
-            title=self.name,
-            estimate=_estimate_bytes(source),
-            reserve=512 * 1024**2 if cuda else 0,
-            unload=lambda llm: llm.close(),
-        ))
+        device = self.studio.probe.device
+
+        def spec() -> ModelSpec:
+            quant = planned_quantization(source, device)
+            return ModelSpec(
+                key=self.key,
+                load=lambda device: load_llm(source, device, max_context, fast),
+                title=f"{self.name} · {format_label(quant)}",  # the ledger shows the format
+                estimate=_estimate_bytes(source, quant),
+                reserve=512 * 1024**2 if cuda else 0,
+                **LLMSwap().spec_kwargs(),
+            )
+
+        self.studio.models.ensure(self.key, spec)
 
     # ----- adapters -------------------------------------------------------------------------
     def attach_adapter(self, path: str) -> None:
@@ -395,6 +525,21 @@ class TransformersEngine(LLMEngine):
 
     def _sync_adapter(self, llm: LoadedLLM) -> None:
         if llm.adapter == self.adapter:
+            return
+        if llm.quantization == "int4":  # LoRA on the int4 layers themselves, inside the graphs
+            from studio.llm import int4
+
+            int4.detach_lora(llm.model)
+            llm.adapter = None
+            if self.adapter is not None:
+                try:
+                    int4.attach_lora(llm.model, self.adapter)
+                except (OSError, ValueError, KeyError) as exc:
+                    raise ModelLoadError(f"Could not attach adapter {self.adapter}: {exc}") \
+                        from exc
+                llm.adapter = self.adapter
+            if llm.decoder is not None:
+                llm.decoder.reset_graphs()
             return
         if llm.adapter is not None:
             llm.model.delete_adapter(ADAPTER_NAME)
@@ -537,7 +682,7 @@ def _adapter_folder(path: str) -> str:
     return str(p)
 
 
-def _estimate_bytes(src: ModelSource) -> int:
+def _estimate_bytes(src: ModelSource, quant: str | None = None) -> int:
     """A size hint for making room before the first load (the manager measures after)."""
     try:
         where, gguf_file = resolve_source(src)
@@ -549,4 +694,5 @@ def _estimate_bytes(src: ModelSource) -> int:
     if gguf_file:
         return (p / gguf_file).stat().st_size
     size = sum(f.stat().st_size for f in p.glob("*.safetensors"))
-    return size // 3 if src.quantization in ("nf4", "auto") else size
+    quant = quant or src.quantization
+    return size // 3 if quant in ("nf4", "int4", "auto") else size

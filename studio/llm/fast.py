@@ -5,8 +5,9 @@ thousand small kernels from Python, while the memory traffic needs ~2 ms (4-bit 
 H100). Here the KV cache is a fixed buffer, the decode step has fixed shapes, and the whole step
 (every layer, the LM head) is captured once per attended-length bucket as a CUDA graph and then
 replayed: one launch per token. The step calls the model's own modules (norms, projections,
-MLP), so bitsandbytes NF4 layers (batch-1 ``gemv_4bit``), bf16 layers and attached PEFT LoRA
-layers all work unchanged; only the attention glue (RoPE, cache write, SDPA) is written here.
+MLP), so the engine's int4 layers (`studio.llm.int4`, tinygemm, LoRA on top), bitsandbytes NF4
+layers (batch-1 ``gemv_4bit``), bf16 layers and attached PEFT LoRA layers all work unchanged;
+only the attention glue (RoPE, cache write, SDPA) is written here.
 
 Supported: Llama-family decoder layouts (``llama``, ``qwen2``; what the studio ships), also as
 the language model of a vision-language model (LLaVA's Llama, Qwen2-VL's and Qwen2.5-VL's
@@ -28,6 +29,7 @@ log = logging.getLogger("studio.llm.fast")
 
 FAST_MODEL_TYPES = ("llama", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
 BUCKET = 256  # attended KV length is rounded up to this; one CUDA graph per bucket
+TRITON_MAX_ATTEND = 2048  # "auto" decode attention: Triton kernel up to here, GEMMs beyond
 
 
 def decoder_stack(model):
@@ -101,7 +103,21 @@ class StaticDecoder:
         if use_cuda_graphs is None:
             use_cuda_graphs = self.device.type == "cuda"
         self.use_cuda_graphs = bool(use_cuda_graphs) and self.device.type == "cuda"
-        self.decode_attention = "matmul"  # or "sdpa"; bench/llm.py measures both
+        # "auto": the Triton split-K kernel (`studio.llm.attention`) up to TRITON_MAX_ATTEND
+        # attended tokens, the two batched GEMMs ("matmul") beyond, where cuBLAS spreads a long
+        # cache over the GPU better (bench/llm.py, H200: 0.79 vs 1.00 ms per token for 32
+        # layers at 768 tokens, 2.27 vs 1.46 at 8k). "triton", "matmul", "sdpa" force one.
+        from studio.llm import attention
+
+        self.decode_attention = "auto" if attention.supported(self.head_dim, self.device) \
+            else "matmul"
+        # The decode step's glue (residual + RMSNorm, RoPE, SiLU*up) as a few fused functions,
+        # compiled into small kernels on CUDA (one Inductor compile per function, reused by
+        # every layer and graph). fuse_glue=False: the module-by-module `_forward` (the eager
+        # reference the GPU tests compare with).
+        self.fuse_glue = True
+        self.compile_glue = self.device.type == "cuda"
+        self._glue_fns: dict | None = None
         shape = (1, self.n_kv, self.max_len, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                         for _ in self.layers]
@@ -139,6 +155,30 @@ class StaticDecoder:
         self._pool = None
         self.cached_ids = []
 
+    def release(self) -> None:
+        """Free the cache, tables and graphs (the model goes to the warm tier); `rebuild`
+        makes them again once the weights are back on the device."""
+        self.reset_graphs()
+        self.k_cache, self.v_cache = [], []
+        self.cos = self.sin = None
+
+    @torch.no_grad()
+    def rebuild(self) -> None:
+        """After a warm-tier restore: a fresh cache on the weights' device, RoPE tables from
+        the restored rotary module, graphs captured anew on the next step (the old ones held
+        the device pointers of tensors that are gone)."""
+        self.reset_graphs()
+        self.device = self.inner.embed_tokens.weight.device
+        shape = (1, self.n_kv, self.max_len, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                        for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                        for _ in self.layers]
+        self.cos, self.sin = self._rope_tables()
+        for name in ("arange", "tok", "pos", "rope_pos"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        self._embedded = False
+
     def forget_prefix(self) -> None:
         """Make the next prefill start from scratch (benchmarks; the cache stays allocated)."""
         self.cached_ids = []
@@ -163,9 +203,10 @@ class StaticDecoder:
                    mask: torch.Tensor | None) -> torch.Tensor:
         attn = layer.self_attn
         t = h.shape[1]
-        q = attn.q_proj(h).view(1, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(1, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(1, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k, v = _qkv(attn, h)
+        q = q.reshape(1, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(1, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.reshape(1, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = self._rope(q, *rope), self._rope(k, *rope)
         self.k_cache[i].index_copy_(2, pos, k.to(self.dtype))
         self.v_cache[i].index_copy_(2, pos, v.to(self.dtype))
@@ -174,10 +215,7 @@ class StaticDecoder:
             # so grouped-query attention needs no repeat of the cache.
             qg = q.reshape(1, self.n_kv, self.n_rep, self.head_dim)
             kk, vv = self.k_cache[i][:, :, :attend], self.v_cache[i][:, :, :attend]
-            if self.decode_attention == "sdpa":
-                out = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask)
-            else:
-                out = self._matmul_attention(qg, kk, vv, mask)
+            out = self._decode_attention(i, qg, kk, vv, mask, pos, attend)
             out = out.reshape(1, self.n_heads, 1, self.head_dim)
         elif start == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
@@ -189,6 +227,21 @@ class StaticDecoder:
                                                  enable_gqa=self.n_rep > 1)
         out = out.transpose(1, 2).reshape(1, t, self.n_heads * self.head_dim)
         return attn.o_proj(out)
+
+    def _attention_kind(self, attend: int) -> str:
+        if self.decode_attention == "auto":
+            return "triton" if attend <= TRITON_MAX_ATTEND else "matmul"
+        return self.decode_attention
+
+    def _decode_attention(self, i: int, qg, kk, vv, mask, pos: torch.Tensor, attend: int):
+        kind = self._attention_kind(attend)
+        if kind == "triton":
+            from studio.llm.attention import decode_attention
+
+            return decode_attention(qg, self.k_cache[i], self.v_cache[i], pos, attend)
+        if kind == "sdpa":
+            return F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask)
+        return self._matmul_attention(qg, kk, vv, mask)
 
     def _matmul_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           bias: torch.Tensor) -> torch.Tensor:
@@ -217,15 +270,78 @@ class StaticDecoder:
         sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
         mask = None
         if t == 1:
+            kind = self._attention_kind(attend)
             visible = self.arange[:attend] <= pos
-            if self.decode_attention == "sdpa":
+            if kind == "sdpa":
                 mask = visible[None, None, None, :]
+            elif kind == "triton":
+                mask = None  # the kernel reads the length from `pos`
             else:
                 zero = torch.zeros((), dtype=self.dtype, device=self.device)
                 mask = torch.where(visible, zero, float("-inf"))[None, :]
         elif start > 0:
             mask = (self.arange[:start + t][None, :] <= pos[:, None])[None, None]
         return (cos, sin_signed), mask
+
+    # ----- the decode step with fused glue --------------------------------------------------
+    def _glue(self) -> dict:
+        if self._glue_fns is None:
+            fns = {"add_norm": _add_norm, "rope_qk": _rope_qk, "silu_mul": _silu_mul}
+            if self.compile_glue:
+                compiled = {k: torch.compile(f, dynamic=False, fullgraph=True)
+                            for k, f in fns.items()}
+                try:  # compile now, on the decode shapes, outside any graph capture
+                    self._probe_glue(compiled)
+                    fns = compiled
+                except Exception as exc:  # no working compiler here: the same math, eager
+                    log.warning("compiling the decode glue failed (%s); running it eager", exc)
+            self._glue_fns = fns
+        return self._glue_fns
+
+    def _probe_glue(self, fns: dict) -> None:
+        hidden = self.inner.embed_tokens.weight.shape[1]
+        mlp = self.layers[0].mlp
+        kw = dict(dtype=self.dtype, device=self.device)
+        h = torch.zeros(1, 1, hidden, **kw)
+        norm = self.layers[0].post_attention_layernorm
+        fns["add_norm"](h, h, norm.weight, norm.variance_epsilon)
+        q = torch.zeros(1, 1, self.n_heads * self.head_dim, **kw)
+        k = torch.zeros(1, 1, self.n_kv * self.head_dim, **kw)
+        cs = torch.zeros(1, 1, 1, self.head_dim, **kw)
+        fns["rope_qk"](q, k, cs, cs, self.n_heads, self.n_kv, self.head_dim)
+        if _plain_mlp(mlp):
+            g = torch.zeros(1, 1, mlp.down_proj.in_features, **kw)
+            fns["silu_mul"](g, g)
+
+    def _decode_forward(self, ids: torch.Tensor, pos: torch.Tensor, attend: int,
+                        rope_pos: torch.Tensor) -> torch.Tensor:
+        """One decode step (t == 1) through the same modules as `_forward`, with the glue
+        between them fused: each layer's residual add and the next RMSNorm are one kernel,
+        RoPE of q and k one, SiLU(gate) * up one."""
+        g = self._glue()
+        rope, mask = self._step_inputs(pos, 0, attend, 1, rope_pos)
+        h = self.inner.embed_tokens(ids).to(self.dtype)
+        first = self.layers[0].input_layernorm
+        x = self._norm(first, h)
+        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = _qkv(attn, x)
+            q, k = g["rope_qk"](q, k, rope[0], rope[1], nh, nkv, hd)
+            v = v.reshape(1, nkv, 1, hd)
+            self.k_cache[i].index_copy_(2, pos, k)
+            self.v_cache[i].index_copy_(2, pos, v.to(self.dtype))
+            qg = q.reshape(1, nkv, self.n_rep, hd)
+            kk, vv = self.k_cache[i][:, :, :attend], self.v_cache[i][:, :, :attend]
+            out = self._decode_attention(i, qg, kk, vv, mask, pos, attend)
+            a = attn.o_proj(out.reshape(1, 1, nh * hd))
+            post = layer.post_attention_layernorm
+            h, x = g["add_norm"](h, a, post.weight, post.variance_epsilon)
+            m = _mlp(layer.mlp, x, g["silu_mul"])
+            nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) \
+                else self.inner.norm
+            h, x = g["add_norm"](h, m, nxt.weight, nxt.variance_epsilon)
+        return self.model.lm_head(x)[:, -1].float()
 
     def _forward(self, ids: torch.Tensor | None, pos: torch.Tensor, start: int,
                  attend: int, embeds: torch.Tensor | None = None,
@@ -238,7 +354,7 @@ class StaticDecoder:
         for i, layer in enumerate(self.layers):
             h = h + self._attention(i, layer, self._norm(layer.input_layernorm, h), pos, start,
                                     attend, rope, mask)
-            h = h + layer.mlp(self._norm(layer.post_attention_layernorm, h))
+            h = h + _mlp(layer.mlp, self._norm(layer.post_attention_layernorm, h))
         h = self._norm(self.inner.norm, h[:, -1:])
         return self.model.lm_head(h)[:, -1].float()
 
@@ -299,12 +415,25 @@ class StaticDecoder:
         self.rope_pos.fill_(p + self.rope_offset)
         self.cached_ids.append(token)
         if not self.use_cuda_graphs:
-            return self._forward(self.tok, self.pos, p, attend, rope_pos=self.rope_pos)
+            return self._step_fn()(self.tok, self.pos, p, attend, rope_pos=self.rope_pos)
         graph = self._graphs.get(attend)
         if graph is None:
             graph = self._capture(attend)
         graph[0].replay()
         return graph[1]
+
+    def _step_fn(self):
+        """The decode step: fused glue (`_decode_forward`) for the plain Llama layout, the
+        module-by-module `_forward` otherwise (and when `fuse_glue` is off)."""
+        if self.fuse_glue and self._plain_layers():
+            return lambda ids, pos, start, attend, rope_pos: self._decode_forward(
+                ids, pos, attend, rope_pos)
+        return self._forward
+
+    def _plain_layers(self) -> bool:
+        return all(hasattr(layer, "post_attention_layernorm") and
+                   hasattr(layer.post_attention_layernorm, "variance_epsilon")
+                   for layer in self.layers) and hasattr(self.inner.norm, "variance_epsilon")
 
     def _capture(self, attend: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture the decode step for one attended length (warm up on a side stream first)."""
@@ -313,13 +442,13 @@ class StaticDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):  # writes the same K/V the real step writes: harmless
-                self._forward(self.tok, self.pos, start, attend, rope_pos=self.rope_pos)
+                self._step_fn()(self.tok, self.pos, start, attend, rope_pos=self.rope_pos)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         with torch.cuda.graph(graph, pool=self._pool):
-            out = self._forward(self.tok, self.pos, start, attend, rope_pos=self.rope_pos)
+            out = self._step_fn()(self.tok, self.pos, start, attend, rope_pos=self.rope_pos)
         self._graphs[attend] = (graph, out)
         log.info("captured decode graph for %d attended tokens", attend)
         return graph, out
@@ -346,3 +475,58 @@ class StaticDecoder:
             if token in eos_ids or n == max_new_tokens - 1:
                 return
             logits = self.step(token)
+
+
+# ----- the fused glue (plain functions: compiled on CUDA, the eager reference elsewhere) --------
+def _add_norm(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
+    """(h + delta, RMSNorm(h + delta) * weight): the residual add and the next norm."""
+    h = h + delta
+    return h, F.rms_norm(h, (h.shape[-1],), weight, eps)
+
+
+def _rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor,
+             nh: int, nkv: int, hd: int):
+    """RoPE of one decode position's q (1, nh*hd) and k (1, nkv*hd) -> (1, nh, 1, hd) and
+    (1, nkv, 1, hd), in the cache's layout."""
+    q = q.view(1, 1, nh, hd).transpose(1, 2)
+    k = k.view(1, 1, nkv, hd).transpose(1, 2)
+    half = hd // 2
+    q = torch.addcmul(q * cos, q.roll(half, -1), sin_signed)
+    k = torch.addcmul(k * cos, k.roll(half, -1), sin_signed)
+    return q, k
+
+
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+def _qkv(attn, h: torch.Tensor):
+    """q, k, v projections of `h`: one matmul when they are fused (`studio.llm.int4`)."""
+    fused = getattr(attn, "qkv_proj", None)
+    if fused is None:
+        return attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+    qkv = fused(h)
+    a, b = attn.q_proj.out_features, attn.q_proj.out_features + attn.k_proj.out_features
+    return qkv[..., :a], qkv[..., a:b], qkv[..., b:]
+
+
+def _mlp(mlp, x: torch.Tensor, silu_mul=None) -> torch.Tensor:
+    """The MLP of `x`: SiLU(gate) * up -> down through `silu_mul` (fused on CUDA), gate and up
+    as one matmul when fused; other MLPs run as their module."""
+    if not _plain_mlp(mlp):
+        return mlp(x)
+    silu_mul = silu_mul or _silu_mul
+    fused = getattr(mlp, "gate_up_proj", None)
+    if fused is None:
+        return mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+    gu = fused(x)
+    n = mlp.gate_proj.out_features
+    return mlp.down_proj(silu_mul(gu[..., :n], gu[..., n:]))
+
+
+def _plain_mlp(mlp) -> bool:
+    """A Llama MLP (SiLU gate) whose projections are called directly; anything else (another
+    activation) runs as the module."""
+    act = getattr(mlp, "act_fn", None)
+    return all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")) and \
+        (isinstance(act, torch.nn.SiLU) or type(act).__name__ in ("SiLU", "SiLUActivation"))

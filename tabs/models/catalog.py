@@ -59,15 +59,17 @@ def _llm(role: str, repo: str, title: str, size: float, vram: float, quant: str 
 
 
 def _llm_options(role: str) -> list[Option]:
+    # chat decodes through the int4 route on CUDA ("auto"); a QLoRA base trains in NF4
+    q = "auto" if role == "chat" else "nf4"
     return [
-        _llm(role, "meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct", 16.07, 5.7,
+        _llm(role, "meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct", 16.07, 5.7, q,
              note="gated: accept Meta's licence on its page; quantized to 4-bit when loaded"),
         _llm(role, "unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit",
-             "Llama-3.1-8B-Instruct, pre-quantized 4-bit", 5.70, 5.7,
+             "Llama-3.1-8B-Instruct, pre-quantized 4-bit", 5.70, 5.7, q,
              note="the same model already in 4-bit: a third of the download; needs a CUDA GPU"),
-        _llm(role, "Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-7B-Instruct", 15.23, 5.5,
+        _llm(role, "Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-7B-Instruct", 15.23, 5.5, q,
              note="not gated; strong at tools and code"),
-        _llm(role, "Qwen/Qwen2.5-3B-Instruct", "Qwen2.5-3B-Instruct", 6.17, 2.5,
+        _llm(role, "Qwen/Qwen2.5-3B-Instruct", "Qwen2.5-3B-Instruct", 6.17, 2.5, q,
              note="for 6-8 GB cards"),
         _llm(role, "HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2-1.7B-Instruct", 3.42, 3.4,
              "bf16", note="small and quick; fine on a CPU too"),

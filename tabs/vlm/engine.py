@@ -51,7 +51,7 @@ class VLMSource:
     dynamic-resolution models (Qwen2-VL/2.5-VL): fewer pixels, fewer image tokens, less VRAM."""
 
     source: str  # hub id or local folder
-    quantization: str = "auto"  # auto | nf4 | bf16 | fp16 | fp32
+    quantization: str = "auto"  # auto | nf4 | int4 | bf16 | fp16 | fp32
     title: str = ""
     max_pixels: int | None = None
 
@@ -121,13 +121,17 @@ def load_vlm(src: VLMSource, device: str, max_context: int = DEFAULT_CONTEXT,
     try:
         processor = AutoProcessor.from_pretrained(where)
         model = AutoModelForImageTextToText.from_pretrained(where, **kwargs)
+        if quant == "int4":  # the language model's layers in the engine's int4 format
+            from studio.llm import int4
+
+            int4.quantize_model(model, device, group=int4.GROUP, head=int4.QUANTIZE_HEAD)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         hint = ""
         if _HUB_ID.match(where) and not Path(where).exists():
             hint = " (a hub id needs internet or a copy in the Hugging Face cache)"
         raise ModelLoadError(f"Could not load {src.source} as a vision-language model{hint}: "
                              f"{exc}") from exc
-    if "device_map" not in kwargs:
+    if "device_map" not in kwargs and quant != "int4":
         model = model.to(device)
     model.eval()
     cap_pixels(processor, src.max_pixels)

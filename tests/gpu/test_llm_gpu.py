@@ -72,3 +72,107 @@ def test_nf4_engine_streams_and_stops(tiny_folder, tmp_path):
     assert type(llm.model.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
     assert llm.decoder.use_cuda_graphs
     assert done.stats.peak_vram is not None
+
+
+def _greedy(engine, text="hello there", n=48):
+    from studio.llm import GenerationSettings
+
+    return engine.chat([{"role": "user", "content": text}],
+                       GenerationSettings(temperature=0, max_new_tokens=n)).text
+
+
+def test_int4_graph_route_greedy_equals_its_eager_reference(tiny_folder):
+    """The int4 engine on CUDA (tinygemm): CUDA-graph decode gives the eager path's tokens,
+    and the layers really are int4."""
+    from studio.llm import ModelSource
+    from studio.llm.engine import load_llm
+    from studio.llm.int4 import int4_layers
+
+    folder, _ = tiny_folder
+    llm = load_llm(ModelSource(str(folder), "int4"), "cuda", 1024)
+    assert len(int4_layers(llm.model)) == 2 * 4 and llm.decoder.use_cuda_graphs
+    assert not any(isinstance(m, torch.nn.Linear) for m in llm.model.model.layers.modules())
+    ids = torch.randint(0, llm.model.config.vocab_size, (300,),
+                        generator=torch.Generator().manual_seed(1)).tolist()
+
+    def run(graphs):
+        from studio.llm import GenerationSettings
+        from studio.llm.engine import Sampler
+
+        llm.decoder.use_cuda_graphs = graphs
+        llm.decoder.reset_graphs()
+        sampler = Sampler(GenerationSettings(temperature=0, max_new_tokens=80), "cuda", 220)
+        return list(llm.decoder.generate(ids[:220], 80, sampler))  # crosses a bucket
+
+    assert run(True) == run(False)
+
+
+def test_warm_tier_restore_rebuilds_graphs_and_decodes_identically(tiny_folder, tmp_path):
+    from studio.config import Settings
+    from studio.context import build_studio
+    from studio.llm import ModelSource, TransformersEngine
+
+    folder, _ = tiny_folder
+    for quant in ("int4", "nf4"):
+        studio = build_studio(Settings(home=tmp_path / quant), start_jobs=False)
+        engine = TransformersEngine(studio, ModelSource(str(folder), quant), max_context=1024)
+        first = _greedy(engine)
+        llm = studio.models.get_loaded(engine.key)
+        assert llm.decoder._graphs
+        studio.models._evict_one(engine.key, "test")
+        assert studio.models.stats(engine.key)["state"] == "warm", quant
+        assert llm.decoder.k_cache == [] and not llm.decoder._graphs
+        assert llm.model.model.embed_tokens.weight.device.type == "cpu"
+        assert _greedy(engine) == first, quant
+        assert studio.models.stats(engine.key)["restores"] == 1
+        assert llm.decoder._graphs  # captured anew on the restored weights
+        studio.models.evict_all()
+
+
+def test_int4_from_a_4bit_nf4_checkpoint(tiny_folder, tmp_path):
+    """A base that exists only in 4-bit: loaded as NF4, dequantized, re-quantized to int4."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from studio.llm import ModelSource
+    from studio.llm.engine import load_llm
+    from studio.llm.int4 import int4_layers
+
+    folder, model = tiny_folder
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                           bnb_4bit_compute_dtype=torch.bfloat16)
+    nf4 = AutoModelForCausalLM.from_pretrained(folder, quantization_config=q,
+                                               device_map={"": 0})
+    nf4.save_pretrained(tmp_path / "nf4")
+    AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / "nf4")
+    ids = torch.randint(0, nf4.config.vocab_size, (1, 64),
+                        generator=torch.Generator().manual_seed(2)).cuda()
+    with torch.inference_mode():
+        ref = nf4(ids).logits.float()
+        bf16 = model.to("cuda", torch.bfloat16)(ids).logits.float()
+    llm = load_llm(ModelSource(str(tmp_path / "nf4"), "int4"), "cuda", 512)
+    assert len(int4_layers(llm.model)) == 2 * 4
+    assert not any(type(m).__name__ == "Linear4bit" for m in llm.model.modules())
+    with torch.inference_mode():
+        got = llm.model(ids).logits.float()
+    # re-quantizing NF4 values onto the int4 grid costs no more than NF4 itself cost
+    assert (got - ref).abs().mean() < 1.5 * (ref - bf16).abs().mean()
+    assert (got - ref).abs().mean() > 0  # it really is a different format
+
+
+def test_triton_decode_attention_equals_matmul_attention():
+    """The split-K kernel over the static cache = softmax(q K^T) V over keys 0..pos, for GQA,
+    at positions inside and at the edges of its 128-key splits, up to an 8k cache."""
+    from studio.llm.attention import decode_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n_kv, n_rep, hd, length = 8, 4, 128, 8192
+    q = torch.randn(1, n_kv, n_rep, hd, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, n_kv, length, hd, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, n_kv, length, hd, device="cuda", dtype=torch.bfloat16, generator=g)
+    for p in (0, 1, 127, 128, 255, 700, 4095, 8191):
+        pos = torch.tensor([p], device="cuda")
+        attend = min(length, -(-(p + 1) // 256) * 256)
+        got = decode_attention(q, k, v, pos, attend).float()
+        s = q[0].float() @ k[0, :, :p + 1].float().transpose(-1, -2) * hd ** -0.5
+        ref = torch.softmax(s, -1) @ v[0, :, :p + 1].float()
+        assert (got[0] - ref).abs().max() < 2e-2, p
