@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from studio.config import format_bytes
 from studio.security import LockedDoor
 from studio.ui import views
+from studio.ui.examples import logo_svg
 from studio.ui.lean import LeanBlocks
 
 log = logging.getLogger("studio.app")
@@ -78,6 +79,7 @@ def available_tabs(modules: list[str] | None = None) -> list[Any]:
 def status_snapshot(studio: Any) -> dict[str, Any]:
     """What the status area shows, as plain data (also served as `studio_status`)."""
     m = studio.models
+    runs = studio.jobs.queue()
     return {
         "device": studio.device_summary(),
         "budget": m.budget,
@@ -88,8 +90,8 @@ def status_snapshot(studio: Any) -> dict[str, Any]:
              "pinned": r.pinned}
             for r in m.loaded()
         ],
-        "queue": [{"id": v.id, "title": v.title, "status": v.status, "note": v.note}
-                  for v in studio.jobs.queue()],
+        "queue": [{"id": v.id, "title": v.title, "status": v.status,
+                   "note": views.queue_note(v, runs)} for v in runs],
         "history": m.history[-8:],
     }
 
@@ -102,14 +104,40 @@ def _budget_line(studio: Any) -> str:
             f"**In use:** {format_bytes(used)} of {format_bytes(m.budget)} ({pct:.0f}%)")
 
 
+# Table headers wrap between words, never inside one ("chun ks"); long cells wrap.
+TABLE_CSS = """
+table th, table th * { word-break: keep-all !important; overflow-wrap: normal !important;
+                       hyphens: manual !important; }
+#studio-ledger table, #studio-queue table { table-layout: auto; }
+"""
+
+LEDGER_HEADERS = ["key", "model", "where", "size", "state", "last used"]
+# the key column is the narrowest share: a long key wraps instead of pushing the rest off
+LEDGER_WIDTHS = ["18%", "30%", "12%", "14%", "13%", "13%"]
+
+
+def model_choices(studio: Any, current: str | None) -> Any:
+    """The Unload dropdown's choices now; a selected key whose model is gone is dropped."""
+    keys = [r.key for r in studio.models.loaded() if r.state != "reserved"]
+    return gr.update(choices=keys, value=current if current in keys else None)
+
+
+def job_choices(studio: Any, current: str | None) -> Any:
+    """The queue's Cancel dropdown: running and queued runs; a finished one is dropped."""
+    runs = studio.jobs.queue()
+    ids = [(f"{v.title} · {v.status}", v.id) for v in runs]
+    return gr.update(choices=ids, value=current if current in [i for _, i in ids] else None)
+
+
 def build_status(studio: Any) -> None:
-    """The status area under every tab: device, budget, VRAM ledger, job queue."""
+    """The status area under every tab: device, budget, memory ledger, job queue."""
     budget = gr.Markdown(_budget_line(studio), elem_id="studio-budget")  # always visible
     with gr.Accordion("GPU memory and jobs", open=False, elem_id="studio-status"):
         ledger = gr.Dataframe(
-            headers=["key", "model", "where", "size", "state", "last used"],
+            headers=LEDGER_HEADERS, column_widths=LEDGER_WIDTHS, wrap=True,
             value=views.ledger_rows(studio.models.loaded()), interactive=False,
-            label="VRAM ledger",
+            label=views.ledger_label(getattr(studio.probe, "device", "cpu")),
+            elem_id="studio-ledger",
         )
         with gr.Row():
             unload_key = gr.Dropdown(label="Model", choices=[], scale=3,
@@ -119,15 +147,18 @@ def build_status(studio: Any) -> None:
         result = gr.Markdown("")
         queue = gr.Dataframe(headers=["run", "title", "status", "progress", "ETA", "note"],
                              value=views.queue_rows(studio.jobs.queue()), interactive=False,
-                             label="Job queue")
+                             wrap=True, label="Job queue", elem_id="studio-queue")
+        with gr.Row():
+            job_pick = gr.Dropdown(label="Queued or running run", choices=[], scale=3,
+                                   allow_custom_value=True)
+            job_cancel = gr.Button("Cancel run", variant="stop", scale=1)
         history = gr.Textbox(label="Model manager decisions", lines=3, interactive=False)
 
-    def refresh():
+    def refresh(current_key: str | None, current_job: str | None):
         rows = studio.models.loaded()
-        keys = [r.key for r in rows if r.state != "reserved"]
         return (_budget_line(studio), views.ledger_rows(rows),
-                gr.update(choices=keys), views.queue_rows(studio.jobs.queue()),
-                "\n".join(studio.models.history[-6:]))
+                model_choices(studio, current_key), views.queue_rows(studio.jobs.queue()),
+                job_choices(studio, current_job), "\n".join(studio.models.history[-6:]))
 
     def unload(key: str | None):
         if not key:
@@ -148,11 +179,28 @@ def build_status(studio: Any) -> None:
             msg += f" Still in use (not unloaded): {', '.join(kept)}."
         return msg
 
-    outs = [budget, ledger, unload_key, queue, history]
-    gr.Timer(2.0).tick(refresh, outputs=outs, api_visibility="private", queue=False,
-                       show_progress="hidden")
-    unload_btn.click(unload, inputs=[unload_key], outputs=[result], api_name="studio_unload")
-    free_btn.click(free_all, outputs=[result], api_name="studio_free_all")
+    def cancel_job(run_id: str | None):
+        if not run_id:
+            raise gr.Error("Pick a queued or running run to cancel.")
+        try:
+            state = studio.jobs.cancel(run_id)
+        except KeyError:
+            raise gr.Error(f"Run {run_id} no longer exists.") from None
+        return f"Run {run_id}: {state}."
+
+    outs = [budget, ledger, unload_key, queue, job_pick, history]
+    gr.Timer(2.0).tick(refresh, inputs=[unload_key, job_pick], outputs=outs,
+                       api_visibility="private", queue=False, show_progress="hidden")
+    after_unload = dict(fn=lambda key: model_choices(studio, key), inputs=[unload_key],
+                        outputs=[unload_key], api_visibility="private", queue=False,
+                        show_progress="hidden")
+    unload_btn.click(unload, inputs=[unload_key], outputs=[result],
+                     api_name="studio_unload").then(**after_unload)
+    free_btn.click(free_all, outputs=[result], api_name="studio_free_all").then(**after_unload)
+    job_cancel.click(cancel_job, inputs=[job_pick], outputs=[result],
+                     api_name="studio_cancel_job").then(
+        lambda rid: job_choices(studio, rid), inputs=[job_pick], outputs=[job_pick],
+        api_visibility="private", queue=False, show_progress="hidden")
     status_json = gr.JSON(visible=False)
     gr.Button("status", visible=False).click(lambda: status_snapshot(studio), outputs=[status_json],
                                              api_name="studio_status", queue=False)
@@ -162,7 +210,9 @@ def build_app(studio: Any, tab_modules: list[str] | None = None) -> gr.Blocks:
     # a request waiting for memory (a job's, another request's) tells its own session why
     studio.models.on_wait = lambda msg: gr.Info(msg, duration=10)
     with LeanBlocks(title="OneGPU Studio") as app:  # lean /config and /info: studio/ui/lean.py
-        gr.Markdown(f"# OneGPU Studio\n{studio.device_summary()}", elem_id="studio-header")
+        with gr.Row(elem_id="studio-logo-row"):  # logo and styles: assets/
+            gr.HTML(logo_svg(), elem_id="studio-logo", scale=0, min_width=48, container=False)
+            gr.Markdown(f"# OneGPU Studio\n{studio.device_summary()}", elem_id="studio-header")
         warnings = doctor_banner(studio.extras.get("doctor", []))
         if warnings:
             gr.Markdown(warnings, elem_id="studio-warnings")
@@ -228,8 +278,9 @@ def launch_kwargs(studio: Any) -> dict[str, Any]:
         "server_port": s.port,
         "auth": s.auth or None,
         "auth_message": "OneGPU Studio: sign in" if s.auth else None,
-        "allowed_paths": [str(s.home)],
+        "allowed_paths": [str(s.home), str(ASSETS)],  # the tabs' gr.Examples read assets/
         "css_paths": [str(css_path)] if css_path.exists() else None,
+        "css": TABLE_CSS,
         "footer_links": ["api", "settings"] if not s.auth else ["settings"],
         # Behind a login nothing describes the API to a visitor who has not signed in, and
         # wrong passwords are slowed per client (studio/security.py).

@@ -150,6 +150,7 @@ class EventTail:
         self.statuses: list[dict[str, Any]] = []
         self.stopping: dict[str, Any] | None = None
         self.attempt_start = 0.0
+        self.resume_step = 0  # of this attempt
 
     def update(self) -> bool:
         """Read what was appended; True when anything new was read."""
@@ -183,7 +184,13 @@ class EventTail:
         t = ev.get("type")
         if t == "progress":
             self.last_progress = ev
-            if self.first_progress is None:
+            first = self.first_progress
+            # The ETA's starting point: the last event before the work moved (loading time
+            # does not count), and never one from before a resumed attempt's checkpoint (the
+            # jump from 0 to the resumed step is not work done in this attempt).
+            if first is None or ev.get("done") == first.get("done") or \
+                    (ev.get("done") or 0) < self.resume_step or \
+                    (first.get("done") or 0) < self.resume_step:
                 self.first_progress = ev
         elif t == "metrics":
             step = int(ev.get("step", 0))
@@ -198,6 +205,7 @@ class EventTail:
                 self.first_progress = None
                 self.stopping = None
                 resume = ev.get("resume_step")
+                self.resume_step = int(resume or 0)
                 if resume is not None:
                     for step in [s for s in self.metrics if s > int(resume)]:
                         del self.metrics[step]

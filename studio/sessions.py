@@ -105,3 +105,103 @@ def exclusive(obj: Any) -> Iterator[Any]:
 
 
 _attach_lock = threading.Lock()
+
+
+# ----- saved conversations ------------------------------------------------------------------
+class ConversationStore:
+    """Chats saved per owner under the studio home: ``<root>/<owner digest>/<id>.json``.
+
+    The owner is a random secret the browser keeps (a `gr.BrowserState`), so a person's chats
+    survive a reload while another browser can neither list nor open them: folders are named by
+    a digest of the secret, never by the secret, and ids are ours (hex), never paths from the
+    request."""
+
+    def __init__(self, root: Any) -> None:
+        from pathlib import Path
+
+        self.root = Path(root)
+
+    @staticmethod
+    def new_owner() -> str:
+        import secrets
+
+        return secrets.token_hex(16)
+
+    @staticmethod
+    def new_id() -> str:
+        import secrets
+        import time
+
+        return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
+
+    def _folder(self, owner: str | None) -> Any:
+        import hashlib
+        import re
+
+        if not owner or not re.fullmatch(r"[0-9a-f]{32}", str(owner)):
+            raise ValueError("this browser has no chat store yet; reload the page")
+        return self.root / hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+    def _path(self, owner: str | None, conv_id: str) -> Any:
+        import re
+
+        if not re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{8}", str(conv_id or "")):
+            raise ValueError(f"no saved chat {conv_id!r}")
+        return self._folder(owner) / f"{conv_id}.json"
+
+    def save(self, owner: str | None, conv_id: str, messages: list[dict],
+             title: str = "") -> None:
+        import json
+        import os
+
+        path = self._path(owner, conv_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not title:
+            first = next((_text_of(m.get("content")) for m in messages
+                          if m.get("role") == "user"), "") or "chat"
+            title = " ".join(first.split())[:60] or "chat"
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"title": title, "messages": messages}, default=str))
+        os.replace(tmp, path)
+
+    def load(self, owner: str | None, conv_id: str) -> list[dict]:
+        import json
+
+        path = self._path(owner, conv_id)
+        if not path.is_file():
+            raise ValueError(f"no saved chat {conv_id!r}")
+        return json.loads(path.read_text())["messages"]
+
+    def delete(self, owner: str | None, conv_id: str) -> bool:
+        path = self._path(owner, conv_id)
+        if path.is_file():
+            path.unlink()
+            return True
+        return False
+
+    def list(self, owner: str | None) -> list[tuple[str, str]]:
+        """(label, id) of the owner's chats, newest first; none for an unknown owner."""
+        import json
+
+        try:
+            folder = self._folder(owner)
+        except ValueError:
+            return []
+        out = []
+        for p in sorted(folder.glob("*.json"), reverse=True):
+            try:
+                title = json.loads(p.read_text()).get("title") or "chat"
+            except (OSError, ValueError):
+                continue
+            stamp = p.stem[4:8] + " " + p.stem[9:11] + ":" + p.stem[11:13]
+            out.append((f"{title} · {stamp[:2]}-{stamp[2:]}", p.stem))
+        return out
+
+
+def _text_of(content: Any) -> str:
+    """A message's text: a string, or Gradio's list of parts ({"type": "text", "text": ...})."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""

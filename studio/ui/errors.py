@@ -68,6 +68,14 @@ def to_gr_error(exc: BaseException, action: str, inputs: str = "") -> gr.Error:
                     f"{what}; the server log has the details.")
 
 
+def quiet(err: gr.Error) -> gr.Error:
+    """A message for the user is not a crash: Gradio prints a traceback to the server log for
+    every gr.Error unless told not to (57 in one session drowned the real errors). Real errors
+    are logged with their traceback by `friendly` before they become a message."""
+    err.print_exception = False
+    return err
+
+
 def friendly(fn: Callable[..., Any] | None = None, *, action: str | None = None,
              inputs: str = "") -> Any:
     """Decorator: exceptions from `fn` become gr.Error messages (see the module docstring).
@@ -81,15 +89,16 @@ def friendly(fn: Callable[..., Any] | None = None, *, action: str | None = None,
 
     def fail(e: Exception) -> gr.Error:
         if not isinstance(e, gr.Error) and not isinstance(e, USER_ERRORS):
-            log.exception("%s failed", name)
-        return to_gr_error(e, name, inputs)
+            log.exception("%s failed", name)  # a real error: its traceback in the log, once
+        return quiet(to_gr_error(e, name, inputs))
 
     if inspect.isasyncgenfunction(fn):
         async def wrapper(*a: Any, **k: Any) -> Any:
             try:
                 async for item in fn(*a, **k):
                     yield item
-            except gr.Error:
+            except gr.Error as e:
+                quiet(e)
                 raise
             except Exception as e:  # noqa: BLE001 - turned into a message, logged above
                 raise fail(e) from None
@@ -97,7 +106,8 @@ def friendly(fn: Callable[..., Any] | None = None, *, action: str | None = None,
         def wrapper(*a: Any, **k: Any) -> Any:
             try:
                 yield from fn(*a, **k)
-            except gr.Error:
+            except gr.Error as e:
+                quiet(e)
                 raise
             except Exception as e:  # noqa: BLE001
                 raise fail(e) from None
@@ -105,7 +115,8 @@ def friendly(fn: Callable[..., Any] | None = None, *, action: str | None = None,
         async def wrapper(*a: Any, **k: Any) -> Any:
             try:
                 return await fn(*a, **k)
-            except gr.Error:
+            except gr.Error as e:
+                quiet(e)
                 raise
             except Exception as e:  # noqa: BLE001
                 raise fail(e) from None
@@ -113,7 +124,8 @@ def friendly(fn: Callable[..., Any] | None = None, *, action: str | None = None,
         def wrapper(*a: Any, **k: Any) -> Any:
             try:
                 return fn(*a, **k)
-            except gr.Error:
+            except gr.Error as e:
+                quiet(e)
                 raise
             except Exception as e:  # noqa: BLE001
                 raise fail(e) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import time
+from pathlib import Path
 from typing import Any
 
 from studio.config import format_bytes
@@ -76,6 +77,29 @@ def metrics_frame(v: RunView, keys: tuple[str, ...]) -> Any:
     return pd.DataFrame(rows)
 
 
+KEY_CHARS = 28  # a ledger key longer than this is shortened in the middle (the table fits)
+
+
+def short_key(key: str, n: int = KEY_CHARS) -> str:
+    """`key` in at most `n` characters, its start and its end kept (keys end in a digest)."""
+    if len(key) <= n:
+        return key
+    head = (n - 1) // 2
+    return key[:head] + "…" + key[len(key) - (n - 1 - head):]
+
+
+def ledger_size(r: Any) -> str:
+    """A row's size. A model outside torch (CTranslate2, ONNX Runtime) cannot be measured
+    where the device does not count foreign memory (a CPU): its estimate, or say so, never a
+    measured-looking "0 B"."""
+    if r.size:
+        return format_bytes(r.size)
+    if r.state == "reserved":
+        return format_bytes(0)
+    est = int(getattr(r, "estimate", 0) or 0)
+    return f"≈ {format_bytes(est)} (estimate)" if est else "not measured"
+
+
 def ledger_rows(rows: list[Any], now_monotonic: float | None = None) -> list[list[str]]:
     now = now_monotonic if now_monotonic is not None else time.monotonic()
     out = []
@@ -84,11 +108,100 @@ def ledger_rows(rows: list[Any], now_monotonic: float | None = None) -> list[lis
             used = "job"
         else:
             used = f"{format_seconds(now - r.last_used)} ago"
-        out.append([r.key, r.title, r.state, format_bytes(r.size),
+        out.append([short_key(r.key), r.title, r.state, ledger_size(r),
                     "pinned (in use)" if r.pinned else "idle", used])
     return out
 
 
+def ledger_label(device: str) -> str:
+    """The ledger's name: VRAM only where there is a GPU."""
+    return "VRAM ledger" if device == "cuda" else "Memory (CPU RAM: no GPU)"
+
+
+def queue_note(v: RunView, runs: list[RunView]) -> str:
+    """Why a run waits (one job runs at a time), or its own note."""
+    if v.note or v.status != "queued":
+        return v.note
+    ahead = [r for r in runs if r.status == "running" and r.id != v.id]
+    if ahead:
+        return f"waiting for the {ahead[0].title} run to finish (one job at a time)"
+    return "starting"
+
+
 def queue_rows(runs: list[RunView]) -> list[list[str]]:
     return [[v.id, v.title, v.status, f"{100 * (v.fraction or 0):.0f}%",
-             format_seconds(v.eta_seconds), v.note] for v in runs]
+             format_seconds(v.eta_seconds), queue_note(v, runs)] for v in runs]
+
+
+# ----- the job panel's Outputs: files only ------------------------------------------------------
+# Already-compressed formats are stored, not deflated again (a zip of weights is made in seconds).
+_STORED = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".zip", ".png",
+           ".jpg", ".jpeg", ".webp", ".npz")
+
+
+def _tree_signature(folder: Path) -> tuple[int, int, int]:
+    """(files, total bytes, newest mtime_ns) of everything under `folder`."""
+    n = size = newest = 0
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            n, size, newest = n + 1, size + st.st_size, max(newest, st.st_mtime_ns)
+    return n, size, newest
+
+
+def folder_zip(folder: Path, cache_dir: Path, name: str = "") -> Path | None:
+    """A zip of `folder` in `cache_dir`, made once and made again only when the folder's
+    contents change (the panel asks on every refresh). None for an empty folder. `name`: the
+    zip's file name without ".zip" (default: the folder's name)."""
+    import json
+    import os
+    import zipfile
+
+    sig = list(_tree_signature(folder))
+    if sig[0] == 0:
+        return None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    name = name or folder.name
+    out = cache_dir / f"{name}.zip"
+    stamp = cache_dir / f".{name}.zip.json"
+    try:
+        if out.is_file() and json.loads(stamp.read_text()) == sig:
+            return out
+    except (OSError, ValueError):
+        pass
+    import threading
+
+    tmp = cache_dir / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"  # two viewers at once
+    with zipfile.ZipFile(tmp, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                kind = zipfile.ZIP_STORED if p.suffix.lower() in _STORED else zipfile.ZIP_DEFLATED
+                zf.write(p, Path(folder.name) / p.relative_to(folder), compress_type=kind)
+    os.replace(tmp, out)
+    stamp.write_text(json.dumps(sig))
+    return out
+
+
+def output_files(v: RunView) -> list[str] | None:
+    """What the Outputs box offers for a run: its artifacts (not checkpoints) as files, each
+    once; a folder (an adapter, a saved model) as one zip made under ``run_dir/downloads``.
+    Paths that do not exist (yet, or any more) are left out. None when there is nothing."""
+    out: list[str] = []
+    for a in v.artifacts:
+        if a.get("kind") == "checkpoint":
+            continue
+        p = Path(a["path"])
+        if p.is_dir():
+            try:  # adapter/ -> adapter.zip, export/merged/ -> export-merged.zip
+                name = "-".join(p.relative_to(v.run_dir).parts)
+            except ValueError:
+                name = p.name
+            z = folder_zip(p, Path(v.run_dir) / "downloads", name)
+            path = str(z) if z is not None else None
+        elif p.is_file():
+            path = str(p)
+        else:
+            path = None
+        if path and path not in out:
+            out.append(path)
+    return out or None

@@ -57,6 +57,9 @@ class JobPanel:
         return gr.update(choices=choices, value=run_id)
 
 
+LOG_LINES = 14  # the log box's height: it shows the newest lines, all of them in view
+
+
 def job_panel(studio: Any, kind: str, plot_keys: tuple[str, ...] = ("train_loss", "val_loss"),
               refresh_seconds: float = 1.0) -> JobPanel:
     """Run picker, status, progress with ETA, live metrics plot, log tail, artifacts, Cancel and
@@ -64,6 +67,10 @@ def job_panel(studio: Any, kind: str, plot_keys: tuple[str, ...] = ("train_loss"
 
     def choices():
         return views.run_choices(studio.jobs.list_runs(kind))
+
+    def newest():
+        runs = studio.jobs.list_runs(kind)
+        return runs[0].id if runs else None
 
     with gr.Group():
         with gr.Row():
@@ -75,34 +82,50 @@ def job_panel(studio: Any, kind: str, plot_keys: tuple[str, ...] = ("train_loss"
         progress = gr.HTML(views.progress_html(None))
         plot = gr.LinePlot(x="step", y="value", color="series", title="Metrics", height=260,
                            label="Metrics")
-        log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=14, autoscroll=True,
-                         interactive=False)
+        log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=LOG_LINES,
+                         autoscroll=True, interactive=False, elem_classes=["studio-log"])
+        # Files only: a folder artifact (an adapter, a saved model) is offered as one zip
         files = gr.File(label="Outputs", file_count="multiple", interactive=False)
     timer = gr.Timer(refresh_seconds)
+    # after a reload the picker lists the runs as they are now, the newest selected
+    fill_on_load(picker, choices, newest)
 
     def refresh(run_id: str | None):
         if not run_id:
             return "No run selected.", views.progress_html(None), None, "", None
         try:
-            v = studio.jobs.view(run_id)
+            v = studio.jobs.view(run_id, log_lines=LOG_LINES)
         except KeyError:
             return f"Run {run_id} no longer exists.", views.progress_html(None), None, "", None
         return (views.run_markdown(v), views.progress_html(v),
-                views.metrics_frame(v, plot_keys), v.log_tail,
-                [a["path"] for a in v.artifacts if a["kind"] != "checkpoint"] or None)
+                views.metrics_frame(v, plot_keys), v.log_tail, views.output_files(v))
 
     outputs = [status, progress, plot, log, files]
     seen = gr.State(None)
 
+    def run_status(run_id: str | None) -> str | None:
+        try:
+            return studio.jobs.view(run_id, log_lines=0).status if run_id else None
+        except KeyError:
+            return None
+
     def refresh_if_changed(run_id: str | None, last: Any):
         """The timer's refresh: nothing is sent while the run's files are unchanged (five
-        panels re-sent everything every second)."""
+        panels re-sent everything every second). When the run's status changed (it ended, it
+        was resumed), the picker's labels are renewed too, so they never say "running" about
+        a run that has ended."""
         key = studio.jobs.fingerprint(run_id) if run_id else None
-        if key is not None and key == last:
-            return (*[gr.skip()] * len(outputs), last)
-        return (*refresh(run_id), key)
+        last_key, last_status = last if isinstance(last, (tuple, list)) and len(last) == 2 \
+            else (last, None)
+        if key is not None and _same(key, last_key):
+            return (*[gr.skip()] * len(outputs), gr.skip(), last)
+        status_now = run_status(run_id)
+        labels = gr.skip()
+        if status_now != last_status:
+            labels = gr.update(choices=choices())
+        return (*refresh(run_id), labels, (key, status_now))
 
-    timer.tick(refresh_if_changed, inputs=[picker, seen], outputs=[*outputs, seen],
+    timer.tick(refresh_if_changed, inputs=[picker, seen], outputs=[*outputs, picker, seen],
                api_visibility="private", show_progress="hidden", queue=False)
     picker.change(refresh, inputs=[picker], outputs=outputs, api_name=f"{kind}_job_view")
     picker.focus(lambda: gr.update(choices=choices()), outputs=[picker],
@@ -130,3 +153,8 @@ def job_panel(studio: Any, kind: str, plot_keys: tuple[str, ...] = ("train_loss"
     return JobPanel(kind=kind, run_picker=picker, status=status, progress=progress, plot=plot,
                     log=log, files=files, cancel=cancel, resume=resume,
                     refresh=refresh_if_changed)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Fingerprints compared after a trip through the browser (tuples come back as lists)."""
+    return a is not None and b is not None and list(a) == list(b)

@@ -18,7 +18,7 @@ from studio.llm import GenerationSettings, LLMEngine, ModelSource, OpenAIEngine,
 from studio.llm.engine import TransformersEngine
 
 PROFILE, PATH, SERVER = "profile", "path", "server"
-QUANTIZATIONS = ["auto", "nf4", "bf16", "fp16", "fp32"]
+QUANTIZATIONS = ["auto", "int4", "nf4", "bf16", "fp16", "fp32"]
 
 
 @dataclass
@@ -153,6 +153,10 @@ def stats_line(studio: Any, engine: LLMEngine, stats: TurnStats | None) -> str:
     allocated = studio.probe.allocated()
     if allocated is not None:
         parts.append(f"VRAM now {format_bytes(allocated)} of {format_bytes(studio.models.budget)}")
+    size = studio.models.stats(engine.key).get("size") if hasattr(engine, "key") else None
+    if size:  # the model's measured size, on the card or (no GPU) in RAM
+        where = "VRAM" if studio.probe.device == "cuda" else "RAM (no GPU)"
+        parts.append(f"model {format_bytes(size)} in {where}")
     return " · ".join(parts)
 
 
@@ -182,6 +186,12 @@ def stream_reply(studio: Any, cfg: ChatConfig, history: list[dict], message: str
     answer = {"role": "assistant", "content": ""}
     shown = history + [answer]
     tools = DEMO_TOOLS if cfg.use_tools else None
+    if tools:
+        note = tools_unsupported(engine)
+        if note:  # warn and carry on without tools, as RAG does
+            tools = None
+            shown.insert(len(shown) - 1, {"role": "assistant", "content": note,
+                                          "metadata": {"title": "Note"}})
     yield _copy(shown), stats_line(studio, engine, None)
     for ev in engine.stream_chat(messages, cfg.settings, tools=tools, stop_event=stop_event):
         if ev.kind == "text":
@@ -205,3 +215,52 @@ def stream_reply(studio: Any, cfg: ChatConfig, history: list[dict], message: str
 def _copy(messages: list[dict]) -> list[dict]:
     """A snapshot, so each streamed update keeps the text it had when it was sent."""
     return [dict(m) for m in messages]
+
+
+def tools_unsupported(engine: LLMEngine) -> str:
+    """A note when the engine's model cannot call tools, else ""."""
+    from studio.llm import NoToolTemplate
+
+    try:
+        engine.check_tools()
+    except NoToolTemplate as e:
+        return (f"{e} Tools are off for this reply; the model answers without them "
+                "(untick 'Let the model call tools', or pick a tool-trained model such as "
+                "Llama-3.1 or Qwen2.5).")
+    return ""
+
+
+def error_bubble(text: str) -> dict:
+    """A failed turn, said inside the conversation (no red overlay blocks the chat)."""
+    return {"role": "assistant", "content": text, "metadata": {"title": "⚠️ Error"}}
+
+
+def without_errors(history: list[dict]) -> list[dict]:
+    """The conversation without the error bubbles of failed turns."""
+    return [m for m in history if (m.get("metadata") or {}).get("title") != "⚠️ Error"]
+
+
+def regenerate_from(history: list[dict], index: int) -> tuple[list[dict], str]:
+    """(history before the user turn, its text) to answer again: `index` is the retried
+    message (Gradio passes the user message; an assistant index walks back to its user)."""
+    history = list(history or [])
+    i = min(index, len(history) - 1)
+    while i >= 0 and history[i].get("role") != "user":
+        i -= 1
+    if i < 0:
+        raise ValueError("There is no message to answer again.")
+    content = history[i].get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return without_errors(history[:i]), str(content or "")
+
+
+def edit_from(history: list[dict], index: int, value: str) -> tuple[list[dict], str]:
+    """(history before the edited user message, its new text): the turns after an edited
+    message are answered again from it."""
+    history = list(history or [])
+    if not 0 <= index < len(history) or history[index].get("role") != "user":
+        raise ValueError("Only your own messages can be edited.")
+    if not str(value or "").strip():
+        raise ValueError("An edited message cannot be empty.")
+    return without_errors(history[:index]), str(value)

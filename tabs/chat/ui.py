@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gradio as gr
+from gradio.context import Context
 
 from studio.llm import GenerationSettings, LLMError, NoToolTemplate
 from studio.models import BudgetExceeded
-from studio.sessions import session_of
+from studio.sessions import ConversationStore, session_of
+from studio.ui.errors import USER_ERRORS, to_gr_error
 from tabs.chat import service
 from tabs.chat.service import PATH, PROFILE, QUANTIZATIONS, SERVER, ChatConfig
 
 _FAILURES = (ValueError, LLMError, NoToolTemplate, BudgetExceeded)
+log = logging.getLogger("studio.chat")
 
 
 def _config(source, path, quantization, server_url, server_model, api_key, system_prompt,
@@ -39,14 +43,20 @@ def build_ui(studio: Any) -> None:
                 "llama.cpp, vLLM).")
     with gr.Row():
         with gr.Column(scale=3):
-            chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy"])
+            # editable user messages and a retry button: edit a question or regenerate
+            chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy"], editable="user",
+                                 elem_id="chat-box")
             with gr.Row():
                 message = gr.Textbox(placeholder="Type a message and press Enter",
                                      show_label=False, scale=5)
                 send = gr.Button("Send", variant="primary", scale=1)
                 stop = gr.Button("Stop", variant="stop", scale=1)
-            stats = gr.Markdown()
-            clear = gr.Button("New chat", size="sm")
+            stats = gr.Markdown(elem_id="chat-stats")
+            with gr.Row():
+                clear = gr.Button("New chat", size="sm")
+                saved = gr.Dropdown(label="Saved chats (this browser only)", choices=[],
+                                    value=None, scale=3, elem_id="chat-saved")
+                delete = gr.Button("Delete chat", size="sm")
         with gr.Column(scale=2):
             source = gr.Radio([(f"Studio model: {service.model_label(studio)}", PROFILE),
                                ("Local folder, .gguf file or hub id", PATH),
@@ -86,28 +96,99 @@ def build_ui(studio: Any) -> None:
     source.change(show_source, inputs=[source], outputs=[path_box, server_box],
                   api_visibility="private")
 
-    # `request` comes first: Gradio fills a gr.Request parameter only before `*values`
-    def do_send(request: gr.Request, msg: str, history: list[dict] | None, *values: Any):
-        cfg = _config(*values)
-        with stops.running("chat", session_of(request)) as stop_event:
-            try:
-                for shown, line in service.stream_reply(studio, cfg, history or [], msg or "",
+    store = ConversationStore(studio.settings.home / "chats")
+    owner = gr.BrowserState(None, storage_key="studio-chat-owner")  # this browser's secret
+    conv = gr.State(None)  # the id the current conversation is saved under
+
+    def on_load(secret):
+        if not secret or not isinstance(secret, str) or len(secret) != 32:
+            secret = store.new_owner()
+        return secret, gr.update(choices=store.list(secret), value=None)
+
+    Context.root_block.load(on_load, inputs=[owner], outputs=[owner, saved],
+                            api_visibility="private", show_progress="hidden", queue=False)
+
+    def turn(request: gr.Request, before: list[dict], msg: str, values):
+        """Stream one reply to `msg` after `before`. A failure is said inside the chat (and
+        as a toast), never as red overlays on the chat and the message box; the message stays
+        in the box to try again."""
+        try:
+            cfg = _config(*values)
+            with stops.running("chat", session_of(request)) as stop_event:
+                for shown, line in service.stream_reply(studio, cfg, before, msg or "",
                                                         stop_event):
                     yield shown, line, ""
-            except _FAILURES as e:
-                raise gr.Error(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - said to the user; unexpected ones logged
+            err = to_gr_error(e, "Chat")
+            if not isinstance(e, (gr.Error, *_FAILURES, *USER_ERRORS)):
+                log.exception("chat reply failed")
+            text = getattr(err, "message", None) or str(err)
+            gr.Warning(text)
+            # the message goes back to the box (not into the chat) to send again
+            yield list(before) + [service.error_bubble(text)], "", msg
 
-    send_args = dict(fn=do_send, inputs=[message, chatbot, *config_inputs],
-                     outputs=[chatbot, stats, message], concurrency_id="gpu")
-    send.click(**send_args, api_name="chat_send")
-    message.submit(**send_args, api_visibility="private")
+    # `request` comes first: Gradio fills a gr.Request parameter only before `*values`
+    def do_send(request: gr.Request, msg: str, history: list[dict] | None, *values: Any):
+        yield from turn(request, service.without_errors(history or []), msg, values)
+
+    def save_chat(secret, conv_id, history):
+        """After each turn: the conversation saved for this browser (not its error notes)."""
+        clean = service.without_errors(history or [])
+        if not any(m.get("role") == "assistant" and m.get("content") for m in clean):
+            return gr.skip(), gr.skip()
+        try:
+            conv_id = conv_id or store.new_id()
+            store.save(secret, conv_id, clean)
+        except ValueError:  # no store for this browser yet
+            return gr.skip(), gr.skip()
+        return conv_id, gr.update(choices=store.list(secret), value=conv_id)
+
+    io = dict(outputs=[chatbot, stats, message], concurrency_id="gpu")
+    after = dict(fn=save_chat, inputs=[owner, conv, chatbot], outputs=[conv, saved],
+                 api_visibility="private", show_progress="hidden")
+    send_args = dict(fn=do_send, inputs=[message, chatbot, *config_inputs], **io)
+    send.click(**send_args, api_name="chat_send").then(**after)
+    message.submit(**send_args, api_visibility="private").then(**after)
+
+    def do_retry(request: gr.Request, retry: gr.RetryData, history, *values: Any):
+        before, prompt = service.regenerate_from(history or [], retry.index)
+        yield from turn(request, before, prompt, values)
+
+    chatbot.retry(do_retry, inputs=[chatbot, *config_inputs], **io,
+                  api_visibility="private").then(**after)
+
+    def do_edit(request: gr.Request, edit: gr.EditData, history, *values: Any):
+        before, prompt = service.edit_from(history or [], edit.index, edit.value)
+        yield from turn(request, before, prompt, values)
+
+    chatbot.edit(do_edit, inputs=[chatbot, *config_inputs], **io,
+                 api_visibility="private").then(**after)
 
     def do_stop(request: gr.Request) -> str:
         stopped = stops.stop("chat", session_of(request))
         return "Stopping…" if stopped else "Nothing is generating."
 
     stop.click(do_stop, outputs=[load_md], api_name="chat_stop", queue=False)
-    clear.click(lambda: ([], ""), outputs=[chatbot, stats], api_visibility="private")
+    # a new chat clears the conversation, the stats and the message box (and any error state)
+    clear.click(lambda: ([], "", "", None, gr.update(value=None)),
+                outputs=[chatbot, stats, message, conv, saved], api_visibility="private")
+
+    def do_open(secret, conv_id):
+        if not conv_id:
+            return gr.skip(), gr.skip()
+        return store.load(secret, conv_id), conv_id
+
+    saved.select(do_open, inputs=[owner, saved], outputs=[chatbot, conv],
+                 api_visibility="private")
+
+    def do_delete(secret, conv_id):
+        if not conv_id:
+            raise gr.Error("Pick a saved chat to delete.")
+        store.delete(secret, conv_id)
+        return [], None, gr.update(choices=store.list(secret), value=None)
+
+    delete.click(do_delete, inputs=[owner, conv], outputs=[chatbot, conv, saved],
+                 api_visibility="private")
 
     def do_load(*values: Any) -> str:
         cfg = _config(*values)

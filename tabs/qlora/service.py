@@ -57,10 +57,12 @@ class Validation:
     max_seq_length: int
 
     def markdown(self) -> str:
+        """One line per fact (a list: Markdown joins plain lines into one paragraph)."""
         ds = self.dataset
-        lines = [f"**Shape:** {data.SHAPE_TITLES[ds.shape]}",
-                 f"**Records:** {len(ds.conversations)} usable of {ds.total}",
-                 f"**Longer than {self.max_seq_length} tokens (would be cut):** {self.truncated}"]
+        lines = [f"- **Shape:** {data.SHAPE_TITLES[ds.shape]}",
+                 f"- **Records:** {len(ds.conversations)} usable of {ds.total}",
+                 f"- **Longer than {self.max_seq_length} tokens (would be cut):** "
+                 f"{self.truncated}", ""]
         if ds.problems:
             lines.append(f"**{len(ds.problems)} malformed record(s)** — fix the file, or tick "
                          "'Skip malformed records' to train without them:")
@@ -163,8 +165,19 @@ def merge(cfg: QLoRAConfig, adapter_dir: Path, out: Path) -> Path:
     from studio.llm.engine import ModelSource, resolve_source
 
     where, gguf = resolve_source(ModelSource(cfg.base_model, gguf_file=cfg.gguf_file or None))
-    base = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float16,
-                                                **({"gguf_file": gguf} if gguf else {}))
+    kwargs: dict[str, Any] = {}
+    if gguf:
+        # A GGUF base is unpacked into plain fp16 tensors first: transformers can keep GGUF
+        # blocks packed, and a model marked GGUF-quantized refuses save_pretrained
+        # ("quantized with gguf and is not serializable").
+        from transformers import GgufConfig
+
+        kwargs = {"gguf_file": gguf, "quantization_config": GgufConfig(dequantize=True)}
+    base = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float16, **kwargs)
+    if gguf:
+        from tabs.qlora.train import unmark_gguf
+
+        unmark_gguf(base)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(out))
     load_tokenizer(cfg.base_model, cfg.gguf_file).save_pretrained(str(out))
@@ -181,21 +194,57 @@ def chat_engine(studio: Any, run_id: str) -> Any:
     run_dir, cfg = run_paths(studio, run_id)
     src = ModelSource(cfg.base_model, quantization="auto", gguf_file=cfg.gguf_file or None,
                       title=f"{Path(cfg.base_model).name} (QLoRA base)")
-    return TransformersEngine(studio, src, fast=False, adapter=str(run_dir / "adapter"))
+    # the fast decoder: the adapter runs on top of the base inside its CUDA graphs (int4: in
+    # the int4 layers themselves, `studio.llm.int4.attach_lora`)
+    return TransformersEngine(studio, src, adapter=str(run_dir / "adapter"))
 
 
 def chat(studio: Any, run_id: str, history: list[dict], message: str,
          max_new_tokens: int = 256) -> str:
     """One reply of the base + the run's adapter to `message` after `history`."""
-    from studio.llm import GenerationSettings
+    from studio.llm import GenerationSettings, LLMError
 
     if not message.strip():
         raise ValueError("type a message")
     engine = chat_engine(studio, run_id)
     msgs = [{"role": m["role"], "content": m["content"]} for m in history] + \
         [{"role": "user", "content": message}]
-    return engine.chat(msgs, GenerationSettings(temperature=0.0,
-                                                max_new_tokens=max_new_tokens)).text
+    try:
+        return engine.chat(msgs, GenerationSettings(temperature=0.0,
+                                                    max_new_tokens=max_new_tokens)).text
+    except LLMError:
+        forget_failed_adapter(studio, engine.key)
+        raise
+
+
+def forget_failed_adapter(studio: Any, key: str) -> bool:
+    """After an adapter failed to attach (shapes of another base, a half-written folder), take
+    what PEFT had injected before it failed back out of the shared base, so the base answers
+    as itself again and the next attach starts clean (PEFT refuses a name that exists: every
+    later chat failed with "Adapter with name ... already exists"). The base stays loaded once;
+    no second copy is made. True when something was removed."""
+    from studio.llm.engine import ADAPTER_NAME
+
+    if studio.models.get_loaded(key) is None:
+        return False
+    with studio.models.use(key) as llm, llm.lock:
+        model = llm.model
+        if ADAPTER_NAME not in (getattr(model, "peft_config", None) or {}):
+            return False
+        try:
+            model.delete_adapter(ADAPTER_NAME)
+        except (ValueError, KeyError, AttributeError):  # injected only in part
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for module in model.modules():
+                if isinstance(module, BaseTunerLayer) and ADAPTER_NAME in getattr(
+                        module, "lora_A", {}):
+                    module.delete_adapter(ADAPTER_NAME)
+            model.peft_config.pop(ADAPTER_NAME, None)
+        llm.adapter = None
+        if getattr(llm, "decoder", None) is not None:
+            llm.decoder.reset_graphs()
+        return True
 
 
 def store_upload(studio: Any, path: str | None) -> str:
@@ -209,3 +258,39 @@ def store_upload(studio: Any, path: str | None) -> str:
     # Named by content: a second file called train.jsonl never replaces the first one, so a
     # queued or resumed run keeps the data its dataset hash describes.
     return str(stage_upload(src, root, label="Training data"))
+
+
+def planned_steps(n_train: int, cfg: QLoRAConfig) -> int:
+    """Optimizer steps the run will take, as transformers' Trainer counts them: max steps when
+    set, else epochs x ceil(batches per epoch / gradient accumulation)."""
+    import math
+
+    if cfg.max_steps > 0:
+        return int(cfg.max_steps)
+    batches = math.ceil(n_train / max(1, cfg.micro_batch_size))
+    per_epoch = max(1, math.ceil(batches / max(1, cfg.grad_accumulation)))
+    return max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def plan_text(cfg: QLoRAConfig) -> str:
+    """What the run will do, shown before Start: examples, steps, and a warning when the
+    warm-up is as long as the run (the learning rate would never reach its set value)."""
+    if not cfg.train_file:
+        return ""
+    ds = data.load_records(cfg.train_file)
+    if not ds.conversations:
+        return "**Plan:** the training file has no usable records."
+    if cfg.eval_file:
+        n_train = len(ds.conversations)
+    else:
+        n_train = len(data.split(ds, cfg.eval_fraction, cfg.seed)[0])
+    steps = planned_steps(n_train, cfg)
+    per_step = cfg.micro_batch_size * cfg.grad_accumulation
+    how = (f"max steps {cfg.max_steps}" if cfg.max_steps > 0
+           else f"{cfg.epochs:g} epoch(s) of {n_train} examples, {per_step} per step")
+    text = f"**Plan:** {steps} optimizer step(s) ({how})."
+    if cfg.warmup_steps >= steps:
+        text += (f"  \n⚠️ **Warm-up ({cfg.warmup_steps} steps) is not shorter than the run "
+                 f"({steps} steps):** the learning rate never reaches {cfg.learning_rate:g}. "
+                 "Lower the warm-up steps, or train for more epochs / steps.")
+    return text

@@ -175,9 +175,17 @@ def prepare_model(cfg: QLoRAConfig, device: str, dtype: Any, four_bit: bool,
     model = add_lora(model, cfg, offload)
     if compiled:
         notes.append(compile_blocks(model, scope))
-    notes.append("activations: " + ("checkpointed" if cfg.gradient_checkpointing else "kept")
-                 + (", offloaded to CPU RAM" if offload else " on the GPU"))
+    notes.append(activations_note(cfg, device, offload))
     return tokenizer, model, notes
+
+
+def activations_note(cfg: QLoRAConfig, device: str, offload: bool) -> str:
+    """Where the activations backward needs are kept, as the log says it (a CPU run has no
+    GPU to keep them on)."""
+    how = "checkpointed" if cfg.gradient_checkpointing else "kept"
+    if device != "cuda":
+        return f"activations: {how} in CPU RAM (no GPU on this machine)"
+    return f"activations: {how}" + (", offloaded to CPU RAM" if offload else " on the GPU")
 
 
 def eager() -> Any:

@@ -87,6 +87,7 @@ def build_ui(studio: Any) -> None:
         fit_btn = gr.Button("Will it fit?")
         start = gr.Button("Start training", variant="primary")
     fit_md = gr.Markdown()
+    plan_md = gr.Markdown(elem_id="qlora-plan")  # the steps the run will take, before Start
     panel = job_panel(studio, kind=service.KIND, plot_keys=("train_loss", "eval_loss"))
 
     gr.Markdown("### 3. After training")
@@ -95,8 +96,12 @@ def build_ui(studio: Any) -> None:
                                allow_custom_value=True, scale=3)
         compare_btn = gr.Button("Base vs adapter", scale=1)
     results_md = gr.Markdown()
+    # fixed shares of the width: long replies wrap inside their column instead of pushing
+    # the adapter column off the right edge
     samples = gr.Dataframe(headers=["prompt", "expected", "base", "adapter"], wrap=True,
-                           label="Eval prompts: base vs adapter (greedy)")
+                           column_widths=["22%", "22%", "28%", "28%"],
+                           label="Eval prompts: base vs adapter (greedy)",
+                           elem_id="qlora-samples")
     with gr.Row():
         merge = gr.Checkbox(value=False, label=label_of("merge_fp16"), info=help_of("merge_fp16"))
         export_btn = gr.Button("Export adapter")
@@ -140,7 +145,9 @@ def build_ui(studio: Any) -> None:
                                  QLoRAConfig.coerce("max_seq_length", max_len))
         except (DatasetError, ValueError, LLMError) as e:
             raise gr.Error(str(e)) from None
-        return v.markdown(), v.preview, v.histogram
+        # the buckets in numeric order (a string axis sorts as text: 1-256, 1025-1280, 257-512)
+        order = [str(t) for t in v.histogram["tokens"]]
+        return v.markdown(), v.preview, gr.BarPlot(value=v.histogram, sort=order)
 
     check_btn.click(do_check, inputs=data_inputs, outputs=[report_md, preview, hist],
                     api_name="qlora_validate", concurrency_limit=1)
@@ -153,6 +160,22 @@ def build_ui(studio: Any) -> None:
             raise gr.Error(str(e)) from None
 
     fit_btn.click(do_estimate, inputs=all_inputs, outputs=[fit_md], api_name="qlora_estimate")
+
+    def do_plan(*values):
+        """The steps the run will take (and a warm-up warning), as the settings change."""
+        try:
+            return service.plan_text(config_of(values))
+        except (gr.Error, DatasetError, ValueError, OSError):
+            return ""  # half-typed settings: the buttons say what is wrong
+
+    fit_btn.click(do_plan, inputs=all_inputs, outputs=[plan_md], api_name="qlora_plan")
+    check_btn.click(do_plan, inputs=all_inputs, outputs=[plan_md], api_visibility="private",
+                    show_progress="hidden")
+    for comp in (train_file, eval_file, eval_fraction, skip_bad,
+                 *(widgets[n] for n in ("micro_batch_size", "grad_accumulation",
+                                        "warmup_steps", "epochs", "max_steps", "seed"))):
+        comp.change(do_plan, inputs=all_inputs, outputs=[plan_md], api_visibility="private",
+                    show_progress="hidden")
 
     def do_start(*values):
         cfg = config_of(values)
@@ -187,7 +210,12 @@ def build_ui(studio: Any) -> None:
             dest = service.export(studio, run_id, bool(merge_fp16))
         except (ValueError, KeyError, OSError) as e:
             raise gr.Error(str(e)) from None
-        return f"Exported to `{dest}` (adapter safetensors + RUN_CARD.md)"
+        text = f"Exported to `{dest}` (adapter safetensors + RUN_CARD.md)"
+        if merge_fp16:
+            text += (f"  \nMerged fp16 model: `{dest / 'merged-fp16'}`. For Ollama or "
+                     "llama.cpp, convert it with llama.cpp's converter (not bundled): "
+                     f"`python convert_hf_to_gguf.py {dest / 'merged-fp16'} --outtype f16`.")
+        return text
 
     export_btn.click(do_export, inputs=[run_pick, merge], outputs=[export_md],
                      api_name="qlora_export", concurrency_id="gpu")

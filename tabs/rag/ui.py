@@ -21,6 +21,7 @@ import pandas as pd
 from studio.llm import LLMError
 from studio.models import BudgetExceeded
 from studio.sessions import session_of
+from studio.ui.examples import assets_in
 from studio.ui.widgets import fill_on_load, job_panel
 from tabs.rag.answer import RELATED_FOOTER, SOURCES_FOOTER, link_citations
 from tabs.rag.config import KIND, AnswerConfig, RetrievalConfig
@@ -33,6 +34,9 @@ EVAL_HEADERS = ["configuration", "hit@k", "MRR", "ROUGE-L", "rubric", "questions
 MODES = [("auto (big inputs become a job)", "auto"), ("now, in this request", "now"),
          ("background job", "job")]
 EMPTY_SOURCES = "<p class='rag-empty'>The passages an answer uses appear here.</p>"
+EXAMPLE_KB = "example-notes"  # the knowledge base the example notes go to (assets/rag)
+EXAMPLE_QUESTIONS = ["What is the guest wifi password?", "On which day is a release never made?",
+                     "How often is the cactus watered?"]
 log = logging.getLogger("studio.rag")
 
 
@@ -156,6 +160,10 @@ def build_ui(studio: Any) -> None:
                         search_btn = gr.Button("Only search")
                         stop_btn = gr.Button("Stop", variant="stop")
                         clear_btn = gr.Button("New conversation")
+                    gr.Examples([[q] for q in EXAMPLE_QUESTIONS], inputs=[question],
+                                label="Example questions (about the example notes: ingest "
+                                "them on the Sources tab)", cache_examples=False,
+                                elem_id="rag-example-questions")
                     with gr.Accordion("Retrieval and answer settings", open=False):
                         with gr.Row():
                             top_k = gr.Slider(1, 12, value=RetrievalConfig.top_k, step=1,
@@ -192,6 +200,12 @@ def build_ui(studio: Any) -> None:
                                         f"{studio.settings.home}, or an absolute path inside it")
                     mode = gr.Radio(MODES, value="auto", label="Run")
                     ingest_btn = gr.Button("Ingest", variant="primary")
+                    notes = assets_in("rag")
+                    if notes:
+                        gr.Examples([[notes, EXAMPLE_KB]], inputs=[files, kb],
+                                    label="Example notes (a wifi note, a release checklist, "
+                                    "plant care)", cache_examples=False,
+                                    elem_id="rag-example-notes")
                     ingest_md = gr.Markdown()
                     skipped_df = gr.Dataframe(headers=["file", "reason skipped"],
                                               label="Skipped files", interactive=False,

@@ -10,6 +10,7 @@ import gradio as gr
 from gradio.context import Context
 
 from studio.sessions import session_of
+from studio.ui.examples import prompts
 from studio.ui.widgets import fill_on_load, job_panel
 from tabs.sd import service
 from tabs.sd.config import LR_SCHEDULES, SDTrainConfig
@@ -310,6 +311,8 @@ def _generate_tab(studio: Any) -> dict[str, Any]:
             sf_config = gr.Textbox("", label=_label("single_file_config"),
                                    info=_info("single_file_config"))
             prompt = gr.Textbox(label="Prompt", lines=2)
+            gr.Examples([[t] for t in prompts("sd")], inputs=[prompt], cache_examples=False,
+                        label="Example prompts", elem_id="sd-examples")
             negative = gr.Textbox(label="Negative prompt")
             with gr.Row():
                 steps = gr.Slider(1, 100, value=25, step=1, label="Steps")

@@ -82,6 +82,20 @@ def chart_frame(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "measure", "run · measure", "perplexity"])
 
 
+def loss_curves(views: list[Any], metric: str = "val_loss") -> pd.DataFrame:
+    """Long format for one line per run: (step, value, run) of `metric` over training, for
+    overlaying the loss curves of several runs on one plot."""
+    rows = []
+    for v in views:
+        if v.kind != KIND:
+            continue
+        label = f"{v.title} ({v.id[-6:]})"
+        for m in v.metrics:
+            if metric in m and m[metric] is not None:
+                rows.append({"step": int(m["step"]), "value": float(m[metric]), "run": label})
+    return pd.DataFrame(rows, columns=["step", "value", "run"])
+
+
 def _round(x: float | None, digits: int = 3) -> float | None:
     if x is None or pd.isna(x):
         return None

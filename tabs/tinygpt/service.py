@@ -100,6 +100,7 @@ class Preview:
     corpus: str
     stats: dict[str, float]
     skipped: list[tuple[str, str]]
+    sample: list[str] | None = None  # the pieces a sample of the corpus is cut into
 
     def markdown(self) -> str:
         s = self.stats
@@ -112,7 +113,23 @@ class Preview:
             lines.append(f"- skipped {len(self.skipped)} file(s): " + "; ".join(
                 f"`{n}` ({r})" for n, r in self.skipped[:8])
                 + (" …" if len(self.skipped) > 8 else ""))
+        if self.sample:
+            shown = "|".join(p.replace("\n", "↵").replace("|", "¦") for p in self.sample)
+            lines += ["", f"**How the tokenizer cuts the start of the corpus** "
+                      f"({len(self.sample)} tokens, `|` between tokens, ↵ = newline):",
+                      "", "```text", shown, "```"]
         return "\n".join(lines)
+
+
+SAMPLE_TOKENS = 48
+
+
+def token_sample(tok: Any, text: str, n: int = SAMPLE_TOKENS) -> list[str]:
+    """The first `n` tokens of `text` as the text each stands for (a byte-level BPE piece that
+    is part of a character shows as �)."""
+    start = text[:4000]
+    ids = tok.encode(start).ids[:n]
+    return [tok.decode([i]) for i in ids]
 
 
 def preview(cfg: TinyGPTConfig, home: Path, upload: str | Path | None = None) -> Preview:
@@ -122,7 +139,30 @@ def preview(cfg: TinyGPTConfig, home: Path, upload: str | Path | None = None) ->
     corpus = D.load_corpus(cfg.corpus, cfg.corpus_path, cfg.max_corpus_chars)
     tok = D.train_tokenizer(corpus.text, cfg.tokenizer, cfg.vocab_size)
     stats = D.tokenizer_stats(tok, corpus.text)
-    return Preview(corpus=corpus.summary(), stats=stats, skipped=corpus.skipped)
+    return Preview(corpus=corpus.summary(), stats=stats, skipped=corpus.skipped,
+                   sample=token_sample(tok, corpus.text))
+
+
+def delete_run(studio: Any, run_id: str) -> str:
+    """Delete a finished Tiny GPT run: its model leaves the manager, its folder the disk. A run
+    that is queued or running is refused (cancel it first)."""
+    import shutil
+
+    from studio.jobs import FINAL
+
+    if not run_id:
+        raise ValueError("pick a run to delete")
+    v = studio.jobs.view(run_id, log_lines=0)  # KeyError: no such run
+    if v.kind != KIND:
+        raise ValueError(f"run {run_id} is not a Tiny GPT run")
+    if v.status not in FINAL:
+        raise ValueError(f"run {run_id} is {v.status}; cancel it before deleting it")
+    keys = studio.extras.setdefault("tinygpt_keys", {})
+    if run_id in keys and not studio.models.evict(keys[run_id]):
+        raise ValueError(f"run {run_id}'s model is generating right now; try again in a moment")
+    keys.pop(run_id, None)
+    shutil.rmtree(studio.jobs.run_dir(run_id))
+    return f"Deleted run {v.title} ({run_id})."
 
 
 # ----- generation ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from studio.models import BudgetExceeded
 from studio.ui.widgets import job_panel
 from tabs.tinygpt import service
 from tabs.tinygpt.compare import COLUMNS, chart_frame, compare_runs
+from tabs.tinygpt.compare import loss_curves as compare_loss_curves
 from tabs.tinygpt.config import TinyGPTConfig, default_for, default_of, help_of, label_of
 from tabs.tinygpt.model import POS_SCHEMES
 
@@ -91,6 +92,18 @@ def build_ui(studio: Any) -> None:
                        title="Validation perplexity at 1x and 2x the training context",
                        x_label_angle=-30, height=320)
 
+    with gr.Row():
+        curve_metric = gr.Radio([("validation loss", "val_loss"), ("training loss", "train_loss")],
+                                value="val_loss", label="Loss curves of every run", scale=1)
+    curves = gr.LinePlot(value=compare_loss_curves(studio.jobs.list_runs(service.KIND)),
+                         x="step", y="value", color="run", height=320,
+                         title="Loss over training, one line per run", label="Loss curves")
+    with gr.Row():
+        del_run = gr.Dropdown(label="Run to delete", choices=_finished(studio), scale=3,
+                              allow_custom_value=True)
+        del_btn = gr.Button("Delete run", variant="stop", scale=1)
+    del_md = gr.Markdown()
+
     gr.Markdown("### Generate")
     with gr.Row():
         # custom values: a script may name a run trained after this page was built
@@ -145,6 +158,29 @@ def build_ui(studio: Any) -> None:
 
     compare_btn.click(_tables, outputs=[table, chart], api_name="tinygpt_compare")
 
+    def do_curves(metric: str):
+        return compare_loss_curves(studio.jobs.list_runs(service.KIND), metric or "val_loss")
+
+    compare_btn.click(do_curves, inputs=[curve_metric], outputs=[curves],
+                      api_name="tinygpt_curves")
+    curve_metric.change(do_curves, inputs=[curve_metric], outputs=[curves],
+                        api_visibility="private")
+    del_run.focus(lambda: gr.update(choices=_finished(studio)), outputs=[del_run],
+                  api_visibility="private", queue=False)
+
+    def do_delete(run_id: str | None, metric: str):
+        try:
+            msg = service.delete_run(studio, run_id or "")
+        except (ValueError, KeyError) as e:
+            raise gr.Error(str(e)) from None
+        df, bars = _tables()
+        return (msg, gr.update(choices=_finished(studio), value=None), df, bars,
+                do_curves(metric), gr.update(choices=service.trained_runs(studio)))
+
+    del_btn.click(do_delete, inputs=[del_run, curve_metric],
+                  outputs=[del_md, del_run, table, chart, curves, gen_run],
+                  api_name="tinygpt_delete")
+
     for event in (refresh_runs.click, gen_run.focus):
         event(lambda: gr.update(choices=service.trained_runs(studio)), outputs=[gen_run],
               api_visibility="private", queue=False)
@@ -162,6 +198,14 @@ def build_ui(studio: Any) -> None:
     gen_btn.click(do_generate, inputs=[gen_run, prompt, max_new, temperature, top_k, cache],
                   outputs=[gen_out, gen_stats], api_name="tinygpt_generate",
                   concurrency_id="gpu")
+
+
+def _finished(studio: Any) -> list[tuple[str, str]]:
+    """(label, id) of the Tiny GPT runs that can be deleted (not queued or running)."""
+    from studio.jobs import FINAL
+
+    return [(f"{v.title} · {v.status} · {v.id[-6:]}", v.id)
+            for v in studio.jobs.list_runs(service.KIND) if v.status in FINAL]
 
 
 def _config(v: dict[str, Any]) -> tuple[TinyGPTConfig, str | None]:

@@ -91,7 +91,8 @@ def build_ui(studio: Any) -> None:
             clear = gr.Button("New chat", size="sm")
             examples = _examples()
             if examples:
-                gr.Examples(examples, inputs=[image, image2, message], label="Examples")
+                gr.Examples(examples, inputs=[image, image2, message], label="Examples",
+                            cache_examples=False, elem_id="vlm-examples")
         with gr.Column(scale=2):
             model = gr.Dropdown([(label, hub) for label, hub in CATALOGUE],
                                 value=default or None, allow_custom_value=True,

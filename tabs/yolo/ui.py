@@ -21,6 +21,7 @@ from typing import Any
 import gradio as gr
 
 from studio.ui.errors import friendly
+from studio.ui.examples import assets_in
 from tabs.yolo.config import MODEL_CHOICES, TrainConfig
 from tabs.yolo.detect import ROW_HEADERS, detect_image, detect_video, prelabel
 from tabs.yolo.export import TABLE_HEADERS, table_rows
@@ -705,6 +706,11 @@ def _detect_tab(studio: Any, svc: YoloService) -> None:
             out = gr.Image(label="Detections (download with the button)", format="png",
                            elem_id="yolo-detect-output")
         go = gr.Button("Detect", variant="primary")
+        pictures = assets_in("yolo", ".png")
+        if pictures:
+            gr.Examples([[p] for p in pictures], inputs=[inp], cache_examples=False,
+                        label="Example pictures (circles and squares, like the starter set)",
+                        elem_id="yolo-examples")
         rows = gr.Dataframe(headers=ROW_HEADERS, label="Boxes", interactive=False)
     with gr.Tab("Webcam (live)"):
         with gr.Row():
