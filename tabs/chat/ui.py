@@ -12,6 +12,7 @@ from studio.llm import GenerationSettings, LLMError, NoToolTemplate
 from studio.models import BudgetExceeded
 from studio.sessions import ConversationStore, session_of
 from studio.ui.errors import USER_ERRORS, to_gr_error
+from studio.ui.examples import prompts
 from tabs.chat import service
 from tabs.chat.service import PATH, PROFILE, QUANTIZATIONS, SERVER, ChatConfig
 
@@ -51,6 +52,8 @@ def build_ui(studio: Any) -> None:
                                      show_label=False, scale=5)
                 send = gr.Button("Send", variant="primary", scale=1)
                 stop = gr.Button("Stop", variant="stop", scale=1)
+            gr.Examples([[t] for t in prompts("chat")], inputs=[message], cache_examples=False,
+                        label="Example messages", elem_id="chat-examples")
             stats = gr.Markdown(elem_id="chat-stats")
             with gr.Row():
                 clear = gr.Button("New chat", size="sm")

@@ -9,6 +9,7 @@ import gradio as gr
 
 from studio.llm import LLMError
 from studio.models import BudgetExceeded
+from studio.ui.examples import asset
 from studio.ui.widgets import job_panel
 from tabs.qlora import service
 from tabs.qlora.config import SCHEDULES, QLoRAConfig, default_of, help_of, label_of
@@ -59,6 +60,9 @@ def build_ui(studio: Any) -> None:
                              file_types=[".jsonl", ".json", ".csv"])
         eval_file = gr.File(label="Eval data (optional)", type="filepath",
                             file_types=[".jsonl", ".json", ".csv"])
+    if example_pairs := asset("qlora", "instructions.jsonl"):
+        gr.Examples([[example_pairs]], inputs=[train_file], cache_examples=False,
+                    label="Example data (24 instruction pairs)", elem_id="qlora-examples")
     with gr.Row():
         eval_fraction = gr.Number(value=default_of("eval_fraction"),
                                   label=label_of("eval_fraction"), info=help_of("eval_fraction"))

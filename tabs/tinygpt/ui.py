@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from studio.models import BudgetExceeded
+from studio.ui.examples import prompts
 from studio.ui.widgets import job_panel
 from tabs.tinygpt import service
 from tabs.tinygpt.compare import COLUMNS, chart_frame, compare_runs
@@ -111,6 +112,8 @@ def build_ui(studio: Any) -> None:
                               scale=3, allow_custom_value=True)
         refresh_runs = gr.Button("↻", scale=0, min_width=48)
     prompt = gr.Textbox(label="Prompt", value="def ", lines=3)
+    gr.Examples([[t] for t in prompts("tinygpt")], inputs=[prompt], cache_examples=False,
+                label="Example prompts", elem_id="tinygpt-examples")
     with gr.Row():
         max_new = gr.Slider(1, 1000, value=200, step=1, label="New tokens")
         temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature",
