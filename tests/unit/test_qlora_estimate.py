@@ -97,7 +97,10 @@ def test_offloaded_activations_give_the_same_gradients(tmp_path):
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()
                       if p.requires_grad})
-        assert ("offloaded to CPU RAM" in notes[-1]) == offload
+        assert notes[-1] == train.activations_note(cfg, "cpu", offload)  # no GPU: CPU RAM
+    # what the log says on a GPU, where offloading means something
+    assert "offloaded to CPU RAM" in train.activations_note(cfg, "cuda", True)
+    assert "on the GPU" in train.activations_note(cfg, "cuda", False)
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n])
