@@ -2,7 +2,7 @@
 # The test command: installs what the tests need, then runs the default suite (everything but
 # the GPU-only tests and the slow ones) in the studio's own environment (.venv, from the lock).
 #
-#   bash tests/run.sh                 the default suite (12-16 minutes on 2 cores)
+#   bash tests/run.sh                 the default suite (about 6 minutes on 2 cores)
 #   bash tests/run.sh --all           the default suite, then the slow tests (what CI runs)
 #   bash tests/run.sh [pytest args]   e.g. tests/unit -k rag
 set -euo pipefail

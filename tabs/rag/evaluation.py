@@ -365,6 +365,8 @@ def load_runs(folder: Path) -> list[EvalRun]:
             runs.append(EvalRun(**d))
         except (json.JSONDecodeError, TypeError, KeyError):
             continue
+    # oldest first by creation time: names alone put "<second>-2" before "<second>"
+    runs.sort(key=lambda r: r.created)
     return runs
 
 

@@ -24,7 +24,8 @@ def test_sd_job_cancel_resume_and_library(studio, tmp_path):
         arr = np.full((40, 40, 3), 60 * (i + 1), np.uint8)
         Image.fromarray(arr).save(tmp_path / f"i{i}.png")
         files.append(tmp_path / f"i{i}.png")
-    ds = prepare_dataset(files, studio.settings.uploads_dir / "sd" / "ds", size=32, instance_prompt="sks", min_side=16)
+    ds = prepare_dataset(files, studio.settings.uploads_dir / "sd" / "ds", size=32,
+                         instance_prompt="sks", min_side=16)
     cfg = SDTrainConfig(base_model=str(base), dataset_dir=str(ds.folder), output_name="jobtoy",
                         resolution=32, rank=4, max_steps=400, checkpoint_every=0,
                         sample_every=0, learning_rate=1e-3)
@@ -75,7 +76,8 @@ def test_epochs_are_turned_into_steps_when_the_job_is_queued(studio, tmp_path):
     for i in range(3):
         Image.fromarray(np.full((40, 40, 3), 50 * (i + 1), np.uint8)).save(tmp_path / f"e{i}.png")
         files.append(tmp_path / f"e{i}.png")
-    ds = prepare_dataset(files, studio.settings.uploads_dir / "sd" / "ds", size=32, instance_prompt="sks", min_side=16)
+    ds = prepare_dataset(files, studio.settings.uploads_dir / "sd" / "ds", size=32,
+                         instance_prompt="sks", min_side=16)
     cfg = SDTrainConfig(base_model=str(base), dataset_dir=str(ds.folder), output_name="ep",
                         resolution=32, rank=4, epochs=4, batch_size=2, max_steps=999,
                         checkpoint_every=0, sample_every=0)

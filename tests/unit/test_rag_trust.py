@@ -298,3 +298,16 @@ def test_the_related_passage_line_is_not_sent_back_to_the_model_as_its_words():
     assert plain_history([{"role": "user", "content": "Wifi password?"},
                           {"role": "assistant", "content": shown}], 4)[-1] == \
         {"role": "assistant", "content": "The guest wifi password is tangerine-42."}
+
+
+def test_two_evaluations_in_one_second_list_the_newer_last(tmp_path):
+    """The Evaluate tab shows runs[-1]: a second run in the same second is saved as
+    "<second>-2.json", which sorts before "<second>.json" by name."""
+    from tabs.rag.evaluation import EvalRun, load_runs, save_run
+
+    first = EvalRun(id="20261202-093330", created=100.0, k=3, qa_source="first", rows=[])
+    second = EvalRun(id="20261202-093330", created=100.5, k=3, qa_source="second", rows=[])
+    save_run(tmp_path, first)
+    save_run(tmp_path, second)
+    assert second.id == "20261202-093330-2"
+    assert [r.qa_source for r in load_runs(tmp_path)] == ["first", "second"]
