@@ -30,7 +30,13 @@ def fill_on_load(selector: Any, choices_fn: Any, default_fn: Any = None) -> None
             value = values[0] if values else None
         return gr.update(choices=choices, value=value)
 
-    Context.root_block.load(fill, outputs=[selector], api_visibility="private",
+    on_page_load(fill, outputs=[selector])
+
+
+def on_page_load(fn: Any, outputs: list[Any], inputs: list[Any] | None = None) -> None:
+    """Run `fn` at each page (re)load to refresh `outputs`: private (not an API endpoint),
+    no spinner, outside the queue. The one place tabs hook their "as it is now" refreshes."""
+    Context.root_block.load(fn, inputs=inputs, outputs=outputs, api_visibility="private",
                             show_progress="hidden", queue=False)
 
 

@@ -6,13 +6,13 @@ import logging
 from typing import Any
 
 import gradio as gr
-from gradio.context import Context
 
 from studio.llm import GenerationSettings, LLMError, NoToolTemplate
 from studio.models import BudgetExceeded
 from studio.sessions import ConversationStore, session_of
 from studio.ui.errors import USER_ERRORS, to_gr_error
 from studio.ui.examples import prompts
+from studio.ui.widgets import on_page_load
 from tabs.chat import service
 from tabs.chat.service import PATH, PROFILE, QUANTIZATIONS, SERVER, ChatConfig
 
@@ -108,8 +108,7 @@ def build_ui(studio: Any) -> None:
             secret = store.new_owner()
         return secret, gr.update(choices=store.list(secret), value=None)
 
-    Context.root_block.load(on_load, inputs=[owner], outputs=[owner, saved],
-                            api_visibility="private", show_progress="hidden", queue=False)
+    on_page_load(on_load, inputs=[owner], outputs=[owner, saved])
 
     def turn(request: gr.Request, before: list[dict], msg: str, values):
         """Stream one reply to `msg` after `before`. A failure is said inside the chat (and

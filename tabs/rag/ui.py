@@ -22,7 +22,7 @@ from studio.llm import LLMError
 from studio.models import BudgetExceeded
 from studio.sessions import session_of
 from studio.ui.examples import assets_in
-from studio.ui.widgets import fill_on_load, job_panel
+from studio.ui.widgets import fill_on_load, job_panel, on_page_load
 from tabs.rag.answer import RELATED_FOOTER, SOURCES_FOOTER, link_citations
 from tabs.rag.config import KIND, AnswerConfig, RetrievalConfig
 from tabs.rag.evaluation import QUESTION_HEADERS, chart_rows, question_rows, rows_table
@@ -121,14 +121,11 @@ def _eval_outputs(svc: RagService, kb: str | None) -> tuple[Any, ...]:
 
 def fill_on_load_reranker(switch: Any, source_box: Any, svc: RagService) -> None:
     """The reranker switch and its source box as the service has them, at each page load."""
-    from gradio.context import Context
-
     def fill():
         ok, note = svc.reranker_status()
         return gr.update(interactive=ok, value=ok, info=note), svc.reranker_source or ""
 
-    Context.root_block.load(fill, outputs=[switch, source_box], api_visibility="private",
-                            show_progress="hidden", queue=False)
+    on_page_load(fill, outputs=[switch, source_box])
 
 
 # ----- the tab ---------------------------------------------------------------------------------

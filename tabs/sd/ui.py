@@ -7,11 +7,10 @@ from dataclasses import fields
 from typing import Any
 
 import gradio as gr
-from gradio.context import Context
 
 from studio.sessions import session_of
 from studio.ui.examples import prompts
-from studio.ui.widgets import fill_on_load, job_panel
+from studio.ui.widgets import fill_on_load, job_panel, on_page_load
 from tabs.sd import service
 from tabs.sd.config import LR_SCHEDULES, SDTrainConfig
 from tabs.sd.dataset import load_dataset
@@ -52,8 +51,7 @@ def _base_dropdown(studio: Any, arch: str, label: str, info: str | None) -> tupl
                       allow_custom_value=True, label=label, info=info)
     note = gr.Markdown(service.base_note(studio, arch), elem_classes=["sd-base-note"])
     fill_on_load(box, lambda: service.base_options(studio, arch))
-    Context.root_block.load(lambda: service.base_note(studio, arch), outputs=[note],
-                            api_visibility="private", show_progress="hidden", queue=False)
+    on_page_load(lambda: service.base_note(studio, arch), outputs=[note])
     return box, note
 
 
