@@ -1,12 +1,16 @@
 """Local LLM decode benchmark, one run, random weights of the Llama-3.1-8B architecture: plain
 transformers + bitsandbytes NF4 ``generate()``, the engine as it was (NF4, module-by-module step),
-and the engine's int4 route (`studio.llm.int4`, tinygemm; fused glue; Triton decode attention).
+and the engine's int4 route as it ships ("int4_shipped": the `studio.llm.int4` defaults the app
+loads: tinygemm g64, int8 head, fused glue, fused Triton decode attention), plus variants.
 
 Measured (batch 1, prompt 512, 256 new tokens, greedy, EOS ignored) under a 12 GiB emulated
 card (``emulate_card``): decode tokens/s, TTFT, peak VRAM, the same at 8k context, the fraction
 of the HBM bandwidth limit (bytes one step must read), the per-token time split (projections,
-attention, head, other), mean KL of the logits against the bf16 weights for each format, and a
-kernel table (bf16, bnb NF4, tinygemm g128/g64, GemLite A16W4) per 8B projection shape.
+attention, head, other), mean KL of the logits against the bf16 weights for each format, where
+the peak comes from (peak_breakdown), and kernel tables: bf16, bnb NF4, tinygemm g128/g64 (and
+its inner k-tiles), GemLite A16W4 per 8B projection shape; the LM head in bf16/int4/int8
+(head_kernels); decode attention per attended length, Triton splits vs GEMMs
+(decode_attention_kernels: what "auto" picks).
 
     python bench/llm.py                      # writes bench/results/llm.json
     python bench/llm.py --layers 4 --quick   # a smoke run on a smaller stack
@@ -30,6 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 GiB = 1024**3
+
+
+def _shipped():
+    from studio.llm import int4
+
+    return int4.GROUP, int4.QUANTIZE_HEAD, int4.FUSE
+
+
+SHIPPED = _shipped()  # read before any variant below changes the module's globals
 
 
 def llama31_8b_config(layers: int = 32):
@@ -222,13 +235,13 @@ def real_quality(gguf: str, positions: int = 256, chunks: int = 2) -> dict:
     """Mean KL of next-token distributions against the float weights, on a real checkpoint
     (a GGUF dequantized by transformers) and real text (this repo's README), on the CPU: NF4
     (bitsandbytes' own quantizer, dequantized) and the engine's int4 route (its real CPU
-    kernel), at group 128 and 64, with and without an int4 head."""
+    kernel), at group 128 and 64, with a float, an int4 and an int8 head."""
     import copy
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from studio.llm.int4 import Int4Linear, quantize_model
+    from studio.llm.int4 import Int4Linear, Int8Linear, quantize_model
 
     folder, name = str(Path(gguf).parent), Path(gguf).name
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -250,15 +263,19 @@ def real_quality(gguf: str, positions: int = 256, chunks: int = 2) -> dict:
     out["routes"]["nf4_bnb_double_quant"] = compare(logits(nf4), ref)
     del nf4
     for group in (128, 64):
-        for head in (False, True):
+        for head in (False, "int4", "int8"):
             m = copy.deepcopy(model)
             info = quantize_model(m, "cpu", group=group, head=head)
+            if head == "int8" and not isinstance(m.lm_head, Int8Linear):
+                # SmolLM2's head is tied to the embedding, which quantize_model leaves shared;
+                # quantize it anyway here to measure what an int8 head costs on real weights
+                m.lm_head = Int8Linear.from_weight(m.lm_head.weight, None, "cpu")
             assert any(isinstance(x, Int4Linear) for x in m.modules())
             r = compare(logits(m), ref)
             r["groups_used"] = sorted({x.group_size for x in m.modules()
                                        if isinstance(x, Int4Linear)})
             r["layers"] = info["layers"]
-            out["routes"][f"int4_g{group}" + ("_int4_head" if head else "")] = r
+            out["routes"][f"int4_g{group}" + (f"_{head}_head" if head else "")] = r
             del m
     out["note"] = ("The GGUF is Q4_1 (affine 4-bit, blocks of 32): its dequantized weights sit "
                    "on an affine grid, which favours an affine int4 re-quantization over NF4; "
@@ -300,7 +317,8 @@ def bytes_per_token(decoder, context: int) -> dict:
 
 def step_split(decoder, attend: int, step_ms: float) -> dict:
     """Per-token time split of one decode step (ms): the projections (every layer's 7 linear
-    layers), attention (RoPE, cache write, the two attention GEMMs over `attend` tokens), the
+    layers), attention (RoPE, cache write and attention over `attend` tokens, as the route runs
+    them: one fused Triton call on the "triton" route), the
     head (final norm + LM head), each timed as a CUDA graph of the engine's own modules, and
     "other" (norms, residuals, SiLU, glue: the rest of the measured step)."""
     import torch
@@ -329,13 +347,14 @@ def step_split(decoder, attend: int, step_ms: float) -> dict:
             mlp.gate_proj(h), mlp.up_proj(h)
         mlp.down_proj(hi)
 
-    def attention():
-        qq, kk = d._rope(q, *rope), d._rope(k, *rope)
-        d.k_cache[0].index_copy_(2, pos, kk)
-        d.v_cache[0].index_copy_(2, pos, kk)
-        qg = qq.reshape(1, d.n_kv, d.n_rep, d.head_dim)
-        d._decode_attention(0, qg, d.k_cache[0][:, :, :attend], d.v_cache[0][:, :, :attend],
-                            mask, pos, attend)
+    qf = q.reshape(1, 1, -1)
+    kf = k.reshape(1, 1, -1)
+    from studio.llm.fast import _rope_qk
+
+    rope_qk = d._glue()["rope_qk"] if d.fuse_glue else _rope_qk
+
+    def attention():  # RoPE, cache write and attention as the step runs them
+        d._step_attention(0, qf, kf, kf, rope, mask, pos, attend, rope_qk)
 
     def head():
         d.model.lm_head(d._norm(d.inner.norm, h))
@@ -360,10 +379,15 @@ def engine_routes(res, studio, folder, tag, quant, group, head, routes, base, id
     from studio.llm import int4
     from studio.llm.engine import ModelSource, TransformersEngine
 
-    group, fuse_proj = group if isinstance(group, tuple) else (group, False)
-    int4.GROUP, int4.QUANTIZE_HEAD, int4.FUSE = group, head, fuse_proj
+    shipped = group is None  # the module defaults, as the app loads int4
+    if shipped:
+        int4.GROUP, int4.QUANTIZE_HEAD, int4.FUSE = SHIPPED
+        group, head, fuse_proj = SHIPPED
+    else:
+        group, fuse_proj = group if isinstance(group, tuple) else (group, False)
+        int4.GROUP, int4.QUANTIZE_HEAD, int4.FUSE = group, head, fuse_proj
     engine = TransformersEngine(studio, ModelSource(str(folder), quant), max_context=a.context)
-    info: dict = {}
+    info: dict = {"shipped_defaults": shipped} if quant == "int4" else {}
     res["engine"][tag] = info
     t0 = time.perf_counter()
     with studio.models.use(engine.key) as llm:
@@ -372,7 +396,17 @@ def engine_routes(res, studio, folder, tag, quant, group, head, routes, base, id
         info["format"] = llm.format
         dec = llm.decoder
         info["kv_cache_gib"] = dec.cache_bytes() / GiB
+        info["resident_gib"] = torch.cuda.memory_allocated() / GiB
         prompt_ids = ids
+        if shipped:
+            try:
+                info["peak_breakdown"] = peak_breakdown(dec, prompt_ids, a.new_tokens)
+            except Exception:
+                res["errors"][f"{tag} peak_breakdown"] = traceback.format_exc(limit=6)
+            try:
+                res["decode_attention_kernels"] = attention_table(dec)
+            except Exception:
+                res["errors"]["decode_attention_kernels"] = traceback.format_exc(limit=6)
         for name, graphs, attention, fuse in routes:
             try:
                 dec.use_cuda_graphs = graphs
@@ -405,7 +439,7 @@ def engine_routes(res, studio, folder, tag, quant, group, head, routes, base, id
         long_routes = [(f"engine_cuda_graphs_{tag}_8k_context", routes[0][2], routes[0][3])]
         if quant == "nf4":  # today's engine at 8k
             long_routes = [(f"engine_cuda_graphs_{tag}_8k_context", "matmul", False)]
-        elif (group, head, fuse_proj) == (128, False, False):
+        elif shipped:
             long_routes.append((f"engine_cuda_graphs_{tag}_8k_context_matmul_attention",
                                 "matmul", True))
         for name, attention, fuse in long_routes:
@@ -437,6 +471,108 @@ def engine_routes(res, studio, folder, tag, quant, group, head, routes, base, id
             res["errors"][f"{tag} logits"] = traceback.format_exc(limit=6)
 
 
+def peak_breakdown(dec, prompt_ids, new_tokens: int) -> dict:
+    """Where the decode run's peak VRAM comes from: what is resident (weights, cache, graphs),
+    the peak of the prefill alone, the peak of the whole run, and the largest blocks alive at
+    the run's peak that the run itself allocated (from the allocator's history, with the code
+    line that allocated them)."""
+    import torch
+
+    time_decoder(dec, prompt_ids, 8)  # graphs captured, as in the timed runs
+    torch.cuda.synchronize()
+    out = {"resident_gib": torch.cuda.memory_allocated() / GiB}
+    dec.forget_prefix()
+    torch.cuda.reset_peak_memory_stats()
+    dec.prefill(prompt_ids)
+    torch.cuda.synchronize()
+    out["prefill_peak_gib"] = torch.cuda.max_memory_allocated() / GiB
+    torch.cuda.reset_peak_memory_stats()
+    rec = getattr(torch.cuda.memory, "_record_memory_history", None)
+    if rec is not None:
+        rec(max_entries=200000, stacks="python")
+    time_decoder(dec, prompt_ids, new_tokens)
+    torch.cuda.synchronize()
+    out["run_peak_gib"] = torch.cuda.max_memory_allocated() / GiB
+    if rec is None:
+        return out
+    snap = torch.cuda.memory._snapshot()
+    rec(enabled=None)
+    events = [e for t in snap.get("device_traces", []) for e in t]
+    live: dict = {}
+    cur = best = 0
+    best_live: dict = {}
+    for e in events:
+        if e["action"] == "alloc":
+            live[e["addr"]] = e
+            cur += e["size"]
+            if cur > best:
+                best, best_live = cur, dict(live)
+        elif e["action"] in ("free_requested", "free_completed") and e["addr"] in live:
+            if e["action"] == "free_requested":
+                cur -= live.pop(e["addr"])["size"]
+
+    def where(e):
+        frames = [f for f in e.get("frames", []) if "site-packages/torch" not in f["filename"]]
+        return [f"{Path(f['filename']).name}:{f['line']} {f['name']}" for f in frames[:3]]
+
+    top = sorted(best_live.values(), key=lambda e: -e["size"])[:8]
+    out["run_allocations_live_at_peak_gib"] = best / GiB
+    out["largest_live_at_peak"] = [{"mib": e["size"] / 2**20, "where": where(e)} for e in top]
+    return out
+
+
+def attention_table(dec, lengths=(256, 768, 2048, 4096, 8192)) -> dict:
+    """Decode attention per token for all layers (ms; RoPE, cache write and attention, as the
+    step runs them) at each attended length: the Triton route (`plan`'s split, and other
+    split sizes), the two-GEMM route; which one "auto" picks."""
+    import torch
+
+    from studio.llm import attention as att
+    from studio.llm.fast import _rope_qk
+
+    d, n = dec, len(dec.layers)
+    kw = dict(dtype=d.dtype, device=d.device)
+    q = torch.randn(1, 1, d.n_heads * d.head_dim, **kw)
+    k = torch.randn(1, 1, d.n_kv * d.head_dim, **kw)
+    rope_qk = d._glue()["rope_qk"] if d.compile_glue else _rope_qk
+    kind0 = d.decode_attention
+    out: dict = {"ms_per_token_all_layers": {}, "layers": n}
+    try:
+        for attend in lengths:
+            if attend > d.max_len:
+                continue
+            pos = torch.tensor([attend - 1], device=d.device)
+            row = {}
+            for kind in ("triton", "matmul"):
+                d.decode_attention = kind
+                rope, mask = d._step_inputs(pos, attend - 1, attend, 1)
+
+                def fn(rope=rope, mask=mask, pos=pos, attend=attend):
+                    for i in range(n):  # every layer's own cache: no L2 reuse between layers
+                        d._step_attention(i, q, k, k, rope, mask, pos, attend, rope_qk)
+
+                row[kind] = graph_time_us(fn, calls=2, replays=10) / 1e3
+            rope, _ = d._step_inputs(pos, attend - 1, attend, 1)
+            row["triton_split"] = att.plan(attend, d.n_kv)
+            for split in (32, 64, 128, 256, 512):
+                if split > attend:
+                    continue
+
+                def fs(rope=rope, pos=pos, attend=attend, split=split):
+                    for i in range(n):
+                        att.fused_decode_attention(q, k, k, rope[0], rope[1], d.k_cache[i],
+                                                   d.v_cache[i], pos, attend, split=split)
+
+                row[f"triton_split_{split}"] = graph_time_us(fs, calls=2, replays=10) / 1e3
+            d.decode_attention = "auto"
+            row["auto_picks"] = d._attention_kind(attend)
+            out["ms_per_token_all_layers"][attend] = row
+    finally:
+        d.decode_attention = kind0
+        d.reset_graphs()
+    return out
+
+
 def eight_k(res, dec, name, attention, fuse, llm, long_prompt, a, bw) -> None:
     """8k context: peak VRAM, TTFT of a long prompt, decode over a full cache."""
     import torch
@@ -462,6 +598,23 @@ def eight_k(res, dec, name, attention, fuse, llm, long_prompt, a, bw) -> None:
         res["errors"][name] = traceback.format_exc(limit=6)
 
 
+def clean_memory() -> dict:
+    """Free what earlier runs of this process left allocated that is not theirs to keep
+    (garbage, cached blocks, cuBLAS's per-stream workspaces), so each engine's peak is its
+    own; returns what was allocated before and after (GiB)."""
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated() / GiB
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
+    torch.cuda.empty_cache()
+    return {"allocated_gib": before, "after_clearing_cublas_workspaces_gib":
+            torch.cuda.memory_allocated() / GiB}
+
+
 def iter_equal(a, b):
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -482,11 +635,17 @@ def summary(res) -> dict:
         kl = e[tag].get("logits_check", {}).get("vs_bf16", {}).get("mean_kl")
         tps = row.get("decode_tokens_per_s")
         out[tag] = {
+            "format": e[tag].get("format"), "shipped_defaults": e[tag].get("shipped_defaults"),
             "decode_tokens_per_s": tps, "vs_plain_generate": tps / plain if tps and plain
             else None, "vs_nf4_engine": tps / nf4 if tps and nf4 else None,
+            "plain_generate_tokens_per_s": plain, "nf4_engine_tokens_per_s": nf4,
             "peak_vram_gib": row.get("peak_vram_gib"),
+            "fraction_of_bandwidth_limit": row.get("fraction_of_bandwidth_limit"),
+            "step_split_ms": row.get("step_split_ms"),
             "tokens_per_s_8k": long.get("decode_tokens_per_s"),
             "peak_vram_gib_8k": long.get("peak_vram_gib"),
+            "fraction_of_bandwidth_limit_8k": long.get("fraction_of_bandwidth_limit"),
+            "step_split_ms_8k": long.get("step_split_ms"),
             "mean_kl_vs_bf16": kl, "nf4_mean_kl_vs_bf16": nf4_kl,
             "target_300_tok_s": bool(tps and tps >= 300),
             "target_peak_6_6_gib": bool(row.get("peak_vram_gib") and
@@ -505,11 +664,17 @@ FUSED_SHAPES = {"qkv_fused": (6144, 4096), "gate_up_fused": (28672, 4096),
                 "lm_head": (128256, 4096)}
 
 
+_SIDE = None
+
+
 def graph_time_us(fn, calls: int = 20, replays: int = 20) -> float:
     """Microseconds per call of `fn`, captured back to back in a CUDA graph (no launch gaps)."""
     import torch
 
-    side = torch.cuda.Stream()
+    global _SIDE
+    if _SIDE is None:  # one side stream: cuBLAS keeps a workspace for every stream it ran on
+        _SIDE = torch.cuda.Stream()
+    side = _SIDE
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         fn()
@@ -558,6 +723,14 @@ def time_shape(n: int, k: int, gemlite: bool) -> tuple[dict, dict]:
                 row[f"int4_tinygemm_g{group}"] = graph_time_us(lambda q4=q4: q4(x))
         except Exception as exc:
             errors[f"int4_tinygemm_g{group}"] = repr(exc)
+    for tiles in (2, 4, 8):  # the layout's inner k-tiles (the engine packs with
+        # int4.CUDA_INNER_K_TILES; the plain g64 row above is that default)
+        try:
+            q4 = Int4Linear.from_weight(w, None, "cuda", 64, tiles=tiles)
+            with torch.inference_mode():
+                row[f"int4_tinygemm_g64_tiles{tiles}"] = graph_time_us(lambda q4=q4: q4(x))
+        except Exception as exc:
+            errors[f"int4_tinygemm_g64_tiles{tiles}"] = repr(exc)
     if gemlite:
         try:
             from gemlite.helper import A16Wn
@@ -576,6 +749,52 @@ def time_shape(n: int, k: int, gemlite: bool) -> tuple[dict, dict]:
         except Exception as exc:
             errors["gemlite_a16w4_g128"] = repr(exc)[:400]
     return row, errors
+
+
+def head_kernels(n: int = 128256, k: int = 4096) -> dict:
+    """The 8B LM head at batch 1 (us per call) in each format the engine can give it: bf16,
+    int4 g64 (tinygemm), int8 through PyTorch's ``_weight_int8pack_mm`` and through the
+    engine's Triton kernel (`int8_gemv`) at several block shapes; bytes read and TB/s."""
+    import torch
+
+    from studio.llm import int4
+
+    x = torch.randn(1, k, dtype=torch.bfloat16, device="cuda")
+    w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02
+    us, nbytes, errors = {}, {}, {}
+    with torch.inference_mode():
+        us["bf16"] = graph_time_us(lambda: torch.nn.functional.linear(x, w))
+        nbytes["bf16"] = w.numel() * 2
+        q4 = int4.Int4Linear.from_weight(w, None, "cuda", 64)
+        us["int4_g64_tinygemm"] = graph_time_us(lambda: q4(x))
+        nbytes["int4_g64_tinygemm"] = q4.weight_bytes
+        h8 = int4.Int8Linear.from_weight(w, None, "cuda")
+        ref = torch.nn.functional.linear(x.float(), h8.dequantized())
+        us["int8_aten_weight_int8pack_mm"] = graph_time_us(
+            lambda: torch.ops.aten._weight_int8pack_mm(x, h8.weight_int8, h8.scale))
+        nbytes["int8_aten_weight_int8pack_mm"] = h8.weight_bytes
+        for bn in (8, 16, 32):
+            for bk in (256, 512, 1024):
+                for nw in (4, 8):
+                    name = f"int8_triton_n{bn}_k{bk}_w{nw}"
+                    try:
+                        def fn(bn=bn, bk=bk, nw=nw):
+                            return int4.int8_gemv(x, h8.weight_int8, h8.scale, None, bn, bk, nw)
+                        err = (fn().float() - ref).abs().max() / ref.abs().max()
+                        if err > 1e-2:
+                            raise AssertionError(f"relative error {float(err)}")
+                        us[name] = graph_time_us(fn)
+                        nbytes[name] = h8.weight_bytes
+                    except Exception as exc:
+                        errors[name] = repr(exc)[:300]
+        us["int8_engine_layer"] = graph_time_us(lambda: h8(x))
+        nbytes["int8_engine_layer"] = h8.weight_bytes
+    tbs = {name: nbytes[name] / (t * 1e-6) / 1e12 for name, t in us.items()}
+    best = min((t, name) for name, t in us.items() if name.startswith("int8_triton"))
+    return {"shape": [n, k], "us_per_call": us, "tb_s": tbs, "errors": errors,
+            "best_int8_triton": best[1],
+            "engine_int8_config": {"block_n": int4.GEMV_BLOCK_N, "block_k": int4.GEMV_BLOCK_K,
+                                   "num_warps": int4.GEMV_WARPS}}
 
 
 def linear_kernels(layers: int, gemlite: bool = True) -> dict:
@@ -611,8 +830,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--skip-eager", action="store_true")
     p.add_argument("--skip-gemlite", action="store_true")
-    p.add_argument("--int4-variants", nargs="+", default=["64:1:1", "128:0:0"],
-                   help="group:int4-head:fused-projections triples to load and measure")
+    p.add_argument("--int4-variants", nargs="+", default=["shipped", "64:int4:1", "64:0:1"],
+                   help="'shipped' (the module defaults the app loads) and/or "
+                        "group:head:fused-projections triples (head 0, int4 or int8)")
+    p.add_argument("--kernels-only", action="store_true",
+                   help="only the kernel tables (projections, LM head), no model")
     p.add_argument("--kernels-from", help="a previous llm.json whose GemLite rows to keep "
                    "(with --skip-gemlite: its autotuning takes ~11 s per shape)")
     p.add_argument("--real-quality", metavar="GGUF",
@@ -631,6 +853,13 @@ def main(argv: list[str] | None = None) -> dict:
         return res
     if not torch.cuda.is_available():
         raise SystemExit("bench/llm.py needs a CUDA GPU")
+    if a.kernels_only:
+        res = {"device": torch.cuda.get_device_name(0),
+               "linear_kernels": linear_kernels(a.layers, gemlite=not a.skip_gemlite),
+               "head_kernels": head_kernels()}
+        out.write_text(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=2))
+        return res
 
     import bitsandbytes
     import transformers
@@ -699,14 +928,22 @@ def main(argv: list[str] | None = None) -> dict:
     if not a.skip_eager:
         routes_nf4.insert(0, ("engine_eager_nf4", False, "matmul", False))
     runs = [("nf4", "nf4", 128, False, routes_nf4)]
-    for group, head, fuse in [tuple(int(x) for x in v.split(":")) for v in a.int4_variants]:
-        tag = f"int4_g{group}" + ("_int4_head" if head else "") + ("_fused" if fuse else "")
-        routes = [(f"engine_cuda_graphs_{tag}", True, "triton", True)]
-        if (group, head, fuse) == (128, False, False):
-            routes += [(f"engine_cuda_graphs_{tag}_matmul_attention", True, "matmul", True),
-                       (f"engine_cuda_graphs_{tag}_unfused", True, "matmul", False)]
-        runs.append((tag, "int4", (group, bool(fuse)), bool(head), routes))
+    for v in a.int4_variants:
+        if v == "shipped":
+            tag = "int4_shipped"
+            routes = [(f"engine_cuda_graphs_{tag}", True, "auto", True),
+                      (f"engine_cuda_graphs_{tag}_matmul_attention", True, "matmul", True),
+                      (f"engine_cuda_graphs_{tag}_unfused", True, "matmul", False)]
+            runs.append((tag, "int4", None, None, routes))
+            continue
+        g, h, f = v.split(":")
+        group, head, fuse = int(g), {"0": False, "1": "int4"}.get(h, h), bool(int(f))
+        tag = f"int4_g{group}" + (f"_{head}_head" if head else "") + ("_fused" if fuse else "")
+        routes = [(f"engine_cuda_graphs_{tag}", True, "auto", True)]
+        runs.append((tag, "int4", (group, fuse), head, routes))
+    res["memory_before_each_engine"] = {}
     for tag, quant, group, head, routes in runs:
+        res["memory_before_each_engine"][tag] = clean_memory()
         try:
             engine_routes(res, studio, tmp / "model", tag, quant, group, head, routes, base,
                           ids, long_prompt, ref_ids, bf16_logits, a, bw)
@@ -719,17 +956,26 @@ def main(argv: list[str] | None = None) -> dict:
     res["summary"] = summary(res)
     save()
     try:
+        res["head_kernels"] = head_kernels()
+    except Exception:
+        res["errors"]["head_kernels"] = traceback.format_exc(limit=6)
+    save()
+    try:
         res["linear_kernels"] = linear_kernels(a.layers, gemlite=not a.skip_gemlite)
         if a.skip_gemlite and a.kernels_from and Path(a.kernels_from).is_file():
             prev = json.loads(Path(a.kernels_from).read_text())
             old = prev.get("linear_kernels", {})
             rows = {s: {k: v for k, v in r.items() if k.startswith("gemlite")}
                     for s, r in old.get("us_per_call", {}).items()}
-            res["linear_kernels"]["gemlite_from_earlier_run"] = {
-                "file": Path(a.kernels_from).name, "device": prev.get("device"),
-                "us_per_call": {s: r for s, r in rows.items() if r},
-                "first_call_s": {k: v for k, v in old.get("errors", {}).items()
-                                 if "gemlite" in k}}
+            carried = old.get("gemlite_from_earlier_run")
+            if not any(rows.values()) and carried and carried.get("us_per_call"):
+                res["linear_kernels"]["gemlite_from_earlier_run"] = carried  # kept as it was
+            else:
+                res["linear_kernels"]["gemlite_from_earlier_run"] = {
+                    "file": Path(a.kernels_from).name, "device": prev.get("device"),
+                    "us_per_call": {s: r for s, r in rows.items() if r},
+                    "first_call_s": {k: v for k, v in old.get("errors", {}).items()
+                                     if "gemlite" in k}}
     except Exception:
         res["errors"]["linear_kernels"] = traceback.format_exc(limit=6)
     save()

@@ -29,7 +29,9 @@ log = logging.getLogger("studio.llm.fast")
 
 FAST_MODEL_TYPES = ("llama", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
 BUCKET = 256  # attended KV length is rounded up to this; one CUDA graph per bucket
-TRITON_MAX_ATTEND = 2048  # "auto" decode attention: Triton kernel up to here, GEMMs beyond
+# "auto" decode attention: the Triton kernels up to this many attended tokens, the two batched
+# GEMMs beyond; None: Triton at every length (bench/llm.py's decode_attention_kernels table)
+TRITON_MAX_ATTEND: int | None = None
 
 
 def decoder_stack(model):
@@ -103,10 +105,11 @@ class StaticDecoder:
         if use_cuda_graphs is None:
             use_cuda_graphs = self.device.type == "cuda"
         self.use_cuda_graphs = bool(use_cuda_graphs) and self.device.type == "cuda"
-        # "auto": the Triton split-K kernel (`studio.llm.attention`) up to TRITON_MAX_ATTEND
-        # attended tokens, the two batched GEMMs ("matmul") beyond, where cuBLAS spreads a long
-        # cache over the GPU better (bench/llm.py, H200: 0.79 vs 1.00 ms per token for 32
-        # layers at 768 tokens, 2.27 vs 1.46 at 8k). "triton", "matmul", "sdpa" force one.
+        # "auto": the Triton split-K kernels (`studio.llm.attention`; in the fused step also
+        # RoPE and the cache write) at every length up to TRITON_MAX_ATTEND (None: all), the
+        # two batched GEMMs ("matmul") beyond. bench/llm.py's decode_attention_kernels, H200,
+        # 32 layers: 0.27 vs 0.81 ms per token at 768 tokens, 0.61 vs 1.30 at 8k, so Triton
+        # everywhere. "triton", "matmul", "sdpa" force one.
         from studio.llm import attention
 
         self.decode_attention = "auto" if attention.supported(self.head_dim, self.device) \
@@ -230,7 +233,8 @@ class StaticDecoder:
 
     def _attention_kind(self, attend: int) -> str:
         if self.decode_attention == "auto":
-            return "triton" if attend <= TRITON_MAX_ATTEND else "matmul"
+            return "triton" if TRITON_MAX_ATTEND is None or attend <= TRITON_MAX_ATTEND \
+                else "matmul"
         return self.decode_attention
 
     def _decode_attention(self, i: int, qg, kk, vv, mask, pos: torch.Tensor, attend: int):
@@ -323,17 +327,11 @@ class StaticDecoder:
         h = self.inner.embed_tokens(ids).to(self.dtype)
         first = self.layers[0].input_layernorm
         x = self._norm(first, h)
-        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+        nh, hd = self.n_heads, self.head_dim
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             q, k, v = _qkv(attn, x)
-            q, k = g["rope_qk"](q, k, rope[0], rope[1], nh, nkv, hd)
-            v = v.reshape(1, nkv, 1, hd)
-            self.k_cache[i].index_copy_(2, pos, k)
-            self.v_cache[i].index_copy_(2, pos, v.to(self.dtype))
-            qg = q.reshape(1, nkv, self.n_rep, hd)
-            kk, vv = self.k_cache[i][:, :, :attend], self.v_cache[i][:, :, :attend]
-            out = self._decode_attention(i, qg, kk, vv, mask, pos, attend)
+            out = self._step_attention(i, q, k, v, rope, mask, pos, attend, g["rope_qk"])
             a = attn.o_proj(out.reshape(1, 1, nh * hd))
             post = layer.post_attention_layernorm
             h, x = g["add_norm"](h, a, post.weight, post.variance_epsilon)
@@ -342,6 +340,25 @@ class StaticDecoder:
                 else self.inner.norm
             h, x = g["add_norm"](h, m, nxt.weight, nxt.variance_epsilon)
         return self.model.lm_head(x)[:, -1].float()
+
+    def _step_attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        rope, mask, pos: torch.Tensor, attend: int, rope_qk) -> torch.Tensor:
+        """Layer `i`'s attention for one decode step from its q/k/v projections (before RoPE):
+        RoPE, the cache write and attention as the one fused Triton call
+        (`studio.llm.attention.fused_decode_attention`) on the "triton" route, else RoPE
+        (`rope_qk`), two cache writes and the chosen attention. Returns (1, n_kv, n_rep, hd)."""
+        nkv, hd = self.n_kv, self.head_dim
+        if self._attention_kind(attend) == "triton":
+            from studio.llm.attention import fused_decode_attention
+
+            return fused_decode_attention(q, k, v, rope[0], rope[1], self.k_cache[i],
+                                          self.v_cache[i], pos, attend)
+        q, k = rope_qk(q, k, rope[0], rope[1], self.n_heads, nkv, hd)
+        self.k_cache[i].index_copy_(2, pos, k)
+        self.v_cache[i].index_copy_(2, pos, v.reshape(1, nkv, 1, hd).to(self.dtype))
+        qg = q.reshape(1, nkv, self.n_rep, hd)
+        kk, vv = self.k_cache[i][:, :, :attend], self.v_cache[i][:, :, :attend]
+        return self._decode_attention(i, qg, kk, vv, mask, pos, attend)
 
     def _forward(self, ids: torch.Tensor | None, pos: torch.Tensor, start: int,
                  attend: int, embeds: torch.Tensor | None = None,
@@ -438,7 +455,12 @@ class StaticDecoder:
     def _capture(self, attend: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture the decode step for one attended length (warm up on a side stream first)."""
         start = int(self.pos.item())
-        side = torch.cuda.Stream()
+        # one side stream for every capture of this decoder: cuBLAS keeps a workspace per
+        # stream it ran on (32 MiB on Hopper, never freed), so a new stream per captured bucket
+        # grew the allocated memory with every bucket on routes that call cuBLAS
+        if getattr(self, "_side", None) is None or self._side.device != self.device:
+            self._side = torch.cuda.Stream(self.device)
+        side = self._side
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):  # writes the same K/V the real step writes: harmless

@@ -16,6 +16,8 @@ bitsandbytes' NF4 ``gemv_4bit`` and 2.28 ms through tinygemm on the same H100 (t
 - `quantize_model`: every ``nn.Linear`` (or bitsandbytes ``Linear4bit``: dequantized first) of a
   model's decoder layers -> `Int4Linear`, one layer at a time on the target device, so an 8B
   bf16 checkpoint held in CPU RAM converts within a 12 GB card.
+- `Int8Linear`: the LM head in int8 (per-row scales; batch 1 through a Triton kernel): half
+  of the bf16 head's bytes with the float head's quality, where an int4 head lost it.
 - `attach_lora` / `detach_lora`: a PEFT LoRA folder (``adapter_config.json`` +
   ``adapter_model.safetensors``) applied to the int4 layers, detachable without reloading.
 """
@@ -36,16 +38,34 @@ FORMAT = "int4"  # the ModelSource quantization name
 # vs the float weights: SmolLM2-135M 0.230 vs NF4's 0.300, random 8B 0.894 vs 0.947; group
 # 128 is 0.302 / 0.961) for 3 % of speed.
 GROUP = 64
-# The LM head stays bf16: in int4 it saves 0.68 GiB and 0.1 ms/token on the 8B, but on
-# SmolLM2-135M it lifts the mean KL from 0.230 to 0.408 (g64 head) / 0.338 (g32), past NF4's 0.300
-QUANTIZE_HEAD = False
+# The LM head's format: "int8" (per-row symmetric int8, `Int8Linear`), "int4" (the int4 layers'
+# format) or False (bf16). int4 saves 0.68 GiB on the 8B but on SmolLM2-135M lifts the mean KL
+# from 0.230 to 0.408 (g64 head) / 0.338 (g32), past NF4's 0.300; int8 halves the bf16 head
+# (0.49 GiB saved on the 8B) for 0.238 vs 0.234 (float head), NF4 0.312 (bench/results/llm.json,
+# quality_real_checkpoint). A head tied to the embedding stays shared and unquantized.
+QUANTIZE_HEAD: str | bool = "int8"
 FUSE = True  # q/k/v and gate/up as one int4 matmul each (exact: groups run along the input)
+# tinygemm's inner k-tiles on CUDA: 4 ran 1-2 % faster than 8 on the 8B's fused qkv, gate/up
+# and down shapes (bench/llm.py linear_kernels, int4_tinygemm_g64_tiles*)
+CUDA_INNER_K_TILES = 4
 LEVELS = 15  # 4-bit: 0..15
 CLIP_RATIOS = (1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79, 0.76)
 
 
-def format_label(group: int = GROUP, head: bool = False) -> str:
-    return f"int4 g{group}{' + int4 head' if head else ''} (tinygemm)"
+def head_format(head: str | bool | None) -> str | None:
+    """"int4", "int8" or None (bf16) from a `quantize_model` head argument (True = int4)."""
+    if head is True or head == "int4":
+        return "int4"
+    if head == "int8":
+        return "int8"
+    if head in (False, None, "bf16", "none", ""):
+        return None
+    raise ValueError(f"unknown LM head format {head!r}")
+
+
+def format_label(group: int = GROUP, head: str | bool | None = None) -> str:
+    fmt = head_format(head)
+    return f"int4 g{group}{f' + {fmt} head' if fmt else ''} (tinygemm)"
 
 
 def pick_group(k: int, group: int = GROUP) -> int | None:
@@ -124,11 +144,14 @@ def fake_quantize(w: torch.Tensor, group: int = GROUP) -> torch.Tensor:
 
 
 def pack(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, device,
-         dtype=torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
-    """tinygemm's layout on `device`: the packed weight and scales_and_zeros (k/g, n, 2)."""
+         dtype=torch.bfloat16, tiles: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """tinygemm's layout on `device`: the packed weight and scales_and_zeros (k/g, n, 2).
+    `tiles`: inner k-tiles of the layout (2, 4 or 8; default the largest that fits)."""
     device = torch.device(device)
     k = q.shape[1]
-    tiles = inner_k_tiles(k)
+    if tiles is None and device.type == "cuda" and k % (CUDA_INNER_K_TILES * 16) == 0:
+        tiles = CUDA_INNER_K_TILES
+    tiles = tiles or inner_k_tiles(k)
     if tiles is None:
         raise ValueError(f"tinygemm needs the input features ({k}) to be a multiple of 32")
     q = q.to(device)
@@ -160,7 +183,8 @@ class Int4Linear(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, device,
-                    group: int = GROUP, dtype=torch.bfloat16) -> Int4Linear:
+                    group: int = GROUP, dtype=torch.bfloat16,
+                    tiles: int | None = None) -> Int4Linear:
         """Quantize a float weight (out, in) on `device` (the rows go over in chunks)."""
         n, k = weight.shape
         g = pick_group(k, group)
@@ -169,7 +193,7 @@ class Int4Linear(nn.Module):
         device = torch.device(device)
         dtype = dtype if device.type == "cuda" else torch.float32
         q, s, z = quantize(weight.to(device), g)
-        packed, sz = pack(q, s, z, device, dtype)
+        packed, sz = pack(q, s, z, device, dtype, tiles)
         b = None if bias is None else bias.detach().to(device, dtype)
         return cls(k, n, g, packed, sz, b)
 
@@ -220,6 +244,117 @@ class Int4Slice(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fused(x)[..., self.start:self.end]
+
+
+# ----- the 8-bit LM head ---------------------------------------------------------------------
+from studio.llm.attention import tl, triton  # noqa: E402  (None where Triton is missing)
+
+# the batch-1 int8 kernel's blocks: the fastest of bench/llm.py's head_kernels sweep on the
+# H200 (8B head: 160 us, 3.3 TB/s; int4 g64 tinygemm 144 us, bf16 247 us)
+GEMV_BLOCK_N = 8  # output rows per program
+GEMV_BLOCK_K = 256
+GEMV_WARPS = 4
+DEQUANT_ROWS = 8192  # CUDA, several input rows: dequantize this many output rows at a time
+
+if triton is not None:
+
+    @triton.jit
+    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, HAS_BIAS: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            cmask = cols < K
+            x = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
+                        mask=rmask[:, None] & cmask[None, :], other=0)
+            acc += w.to(tl.float32) * x[None, :]
+        y = tl.sum(acc, 1) * tl.load(s_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
+
+
+def int8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
+              bias: torch.Tensor | None = None, block_n: int | None = None,
+              block_k: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """y = (x @ w.T) * scale (+ bias) for one row `x` (1, k) and an int8 `w` (n, k), as one
+    memory-bound Triton kernel (CUDA, or the interpreter)."""
+    n, k = w.shape
+    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    bn = block_n or GEMV_BLOCK_N
+    _int8_gemv_kernel[(triton.cdiv(n, bn),)](
+        x, w, scale, bias if bias is not None else scale, y, n, k, HAS_BIAS=bias is not None,
+        BLOCK_N=bn, BLOCK_K=block_k or GEMV_BLOCK_K, num_warps=num_warps or GEMV_WARPS)
+    return y
+
+
+@torch.no_grad()
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, k) float weight -> (int8 (n, k), fp32 scale (n,)), per-row symmetric:
+    w ~ q * scale."""
+    w = w.float()
+    scale = (w.abs().amax(1) / 127).clamp(min=1e-8)
+    q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with an int8 weight and one scale per output row (the engine's LM head):
+    batch 1 on CUDA through `int8_gemv`, otherwise PyTorch's ``_weight_int8pack_mm``."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None = None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight_int8", weight)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+        self.use_triton = triton is not None
+
+    @classmethod
+    @torch.no_grad()
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, device,
+                    dtype=torch.bfloat16) -> Int8Linear:
+        device = torch.device(device)
+        dtype = dtype if device.type == "cuda" else torch.float32
+        q, s = quantize_int8(weight.to(device))
+        b = None if bias is None else bias.detach().to(device, dtype)
+        return cls(q.contiguous(), s.to(dtype), b)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.weight_int8.numel() + self.scale.numel() * self.scale.element_size()
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight_int8.float() * self.scale.float()[:, None]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(self.scale.dtype)
+        if x2.shape[0] == 1 and x2.is_cuda and self.use_triton:
+            y = int8_gemv(x2.contiguous(), self.weight_int8, self.scale, self.bias)
+        elif x2.is_cuda:  # prefill rows (the model's own forward): a slice at a time in bf16
+            # (PyTorch's CUDA int8 kernel takes 2.4 ms for the 8B head even at one row)
+            parts = []
+            for r0 in range(0, self.out_features, DEQUANT_ROWS):
+                w = self.weight_int8[r0:r0 + DEQUANT_ROWS].to(x2.dtype) * \
+                    self.scale[r0:r0 + DEQUANT_ROWS, None]
+                parts.append(x2 @ w.t())
+            y = torch.cat(parts, -1)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight_int8,
+                                                   self.scale)
+            if self.bias is not None:
+                y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
 
 
 FUSIONS = (("self_attn", "qkv_proj", ("q_proj", "k_proj", "v_proj")),
@@ -275,12 +410,12 @@ def _is_linear(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, device, group: int = GROUP, head: bool = False,
+def quantize_model(model: nn.Module, device, group: int = GROUP, head: str | bool = False,
                    dtype=torch.bfloat16, fuse: bool | None = None,
                    head_group: int | None = None) -> dict:
-    """Convert the decoder layers' linear layers (and the LM head when `head`) to `Int4Linear`
-    on `device`, one at a time; move everything else to `device` in `dtype` (float32 on CPU).
-    Returns counts and bytes for the ledger."""
+    """Convert the decoder layers' linear layers to `Int4Linear` on `device`, one at a time, and
+    the LM head by `head` ("int4"/True, "int8": `Int8Linear` when untied, False: kept); move
+    everything else to `device` in `dtype` (float32 on CPU). Returns counts and bytes."""
     from studio.llm.fast import decoder_stack
 
     device = torch.device(device)
@@ -300,8 +435,9 @@ def quantize_model(model: nn.Module, device, group: int = GROUP, head: bool = Fa
                     pick_group(mod.in_features, group) is not None:
                 parent = layer.get_submodule(name.rsplit(".", 1)[0]) if "." in name else layer
                 targets.append((parent, name.rsplit(".", 1)[-1], mod))
-    if head and _is_linear(model.lm_head) and model.lm_head.out_features % 8 == 0 and \
-            pick_group(model.lm_head.in_features, group):
+    head = head_format(head)
+    if head == "int4" and _is_linear(model.lm_head) and model.lm_head.out_features % 8 == 0 \
+            and pick_group(model.lm_head.in_features, group):
         targets.append((model, "lm_head", model.lm_head))
     for parent, attr, mod in targets:
         w, b = _float_weight(mod, device)
@@ -310,11 +446,19 @@ def quantize_model(model: nn.Module, device, group: int = GROUP, head: bool = Fa
         del w
         setattr(parent, attr, new)
         qbytes += new.weight_bytes
+    # int8 head for an untied head only: a head tied to the embedding stays the one shared
+    # tensor (an int8 copy beside the bf16 embedding would cost memory, not save it)
+    if head == "int8" and _is_linear(model.lm_head) and \
+            model.lm_head.weight is not stack.embed_tokens.weight:
+        w, b = _float_weight(model.lm_head, device)
+        model.lm_head = Int8Linear.from_weight(w, b, device, fdtype)
+        del w
+        qbytes += model.lm_head.weight_bytes
     # the rest (embeddings, norms, head, vision tower) in the compute dtype on the device;
     # tied parameters (a head sharing the embedding) stay one tensor
     moved: dict[int, nn.Parameter] = {}
     for mod in model.modules():
-        if isinstance(mod, Int4Linear):
+        if isinstance(mod, (Int4Linear, Int8Linear)):
             continue
         for pname, p in list(mod._parameters.items()):
             if p is not None:
@@ -345,8 +489,12 @@ def quantize_model(model: nn.Module, device, group: int = GROUP, head: bool = Fa
             pass
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    lm = getattr(model, "lm_head", None)
+    done = "int8" if isinstance(lm, Int8Linear) else "int4" if isinstance(lm, Int4Linear) \
+        else None  # what the head became (a tied head stays as it was)
+    model.studio_format = format_label(group, done)  # the ledger's label for this model
     return {"layers": len(int4_layers(model)), "int4_bytes": qbytes, "group": group,
-            "head": head, "fused": fuse}
+            "head": done or "bf16", "fused": fuse}
 
 
 def int4_layers(model: nn.Module) -> list[tuple[str, Int4Linear]]:

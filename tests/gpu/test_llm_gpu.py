@@ -86,7 +86,7 @@ def test_int4_graph_route_greedy_equals_its_eager_reference(tiny_folder):
     and the layers really are int4."""
     from studio.llm import ModelSource
     from studio.llm.engine import load_llm
-    from studio.llm.int4 import int4_layers
+    from studio.llm.int4 import Int8Linear, int4_layers
 
     folder, _ = tiny_folder
     llm = load_llm(ModelSource(str(folder), "int4"), "cuda", 1024)
@@ -105,6 +105,21 @@ def test_int4_graph_route_greedy_equals_its_eager_reference(tiny_folder):
         return list(llm.decoder.generate(ids[:220], 80, sampler))  # crosses a bucket
 
     assert run(True) == run(False)
+    # what ships: int8 head, fused Triton attention (RoPE + cache write inside) at every length
+    assert isinstance(llm.model.lm_head, Int8Linear)
+    assert {llm.decoder._attention_kind(n) for n in (256, 1024)} == {"triton"}
+    # and its logits stay with the module-by-module step (matmul attention, unfused glue)
+    dec = llm.decoder
+    rows = {}
+    for name, kind, fuse in (("fast", "auto", True), ("plain", "matmul", False)):
+        dec.decode_attention, dec.fuse_glue, dec.use_cuda_graphs = kind, fuse, True
+        dec.reset_graphs()
+        dec.prefill(ids[:200])
+        rows[name] = torch.stack([dec.step(t)[0].clone() for t in ids[200:280]])
+    dec.decode_attention = "auto"
+    diff = (rows["fast"] - rows["plain"]).abs().max()
+    assert diff < 0.05 * rows["plain"].abs().max() + 0.05, float(diff)
+    assert (rows["fast"].argmax(-1) == rows["plain"].argmax(-1)).float().mean() > 0.9
 
 
 def test_warm_tier_restore_rebuilds_graphs_and_decodes_identically(tiny_folder, tmp_path):
@@ -176,3 +191,98 @@ def test_triton_decode_attention_equals_matmul_attention():
         s = q[0].float() @ k[0, :, :p + 1].float().transpose(-1, -2) * hd ** -0.5
         ref = torch.softmax(s, -1) @ v[0, :, :p + 1].float()
         assert (got[0] - ref).abs().max() < 2e-2, p
+
+
+@pytest.mark.parametrize("split", [None, 64, 256])
+def test_fused_decode_attention_does_rope_cache_write_and_attention(split):
+    """The fused call = RoPE(q), RoPE(k) written at pos, v written at pos, softmax(q K^T) V,
+    for GQA (4 query heads per KV head), across split edges, up to an 8k cache."""
+    from studio.llm.attention import fused_decode_attention
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    n_kv, n_rep, hd, length = 8, 4, 128, 8192
+    kw = dict(device="cuda", dtype=torch.bfloat16, generator=g)
+    k_cache = torch.randn(1, n_kv, length, hd, **kw)
+    v_cache = torch.randn(1, n_kv, length, hd, **kw)
+    for p in (0, 63, 64, 255, 1000, 4096, 8191):
+        q = torch.randn(1, 1, n_kv * n_rep * hd, **kw)
+        k, v = torch.randn(1, 1, n_kv * hd, **kw), torch.randn(1, 1, n_kv * hd, **kw)
+        ang = torch.rand(hd, device="cuda", generator=g) * 6
+        cos, sin = ang.cos(), ang.sin()
+        sin_s = torch.cat((-sin[:hd // 2], sin[hd // 2:]))
+        pos = torch.tensor([p], device="cuda")
+        attend = min(length, -(-(p + 1) // 256) * 256)
+        before = k_cache.clone()
+        got = fused_decode_attention(q, k, v, cos.bfloat16()[None, None, None],
+                                     sin_s.bfloat16()[None, None, None], k_cache, v_cache,
+                                     pos, attend, split=split).float()
+
+        c, sn = cos.bfloat16().float(), sin_s.bfloat16().float()
+
+        def rope(x, c=c, sn=sn):
+            x = x.float()
+            return x * c + x.roll(hd // 2, -1) * sn
+
+        kr = rope(k.view(n_kv, hd))
+        assert (k_cache[0, :, p].float() - kr).abs().max() < 2e-2, p
+        assert torch.equal(v_cache[0, :, p], v.view(n_kv, hd)), p
+        assert torch.equal(k_cache[0, :, :p], before[0, :, :p])  # nothing else written
+        qr = rope(q.view(n_kv, n_rep, hd))
+        s = qr @ k_cache[0, :, :p + 1].float().transpose(-1, -2) * hd ** -0.5
+        ref = torch.softmax(s, -1) @ v_cache[0, :, :p + 1].float()
+        assert (got[0] - ref).abs().max() < 3e-2, p
+
+
+def test_int8_head_kernel_on_cuda():
+    """The int8 LM head's batch-1 Triton kernel = x @ dequantized(w).T; prefill rows go
+    through PyTorch's int8 kernel with the same result."""
+    from studio.llm.int4 import Int8Linear
+
+    g = torch.Generator(device="cuda").manual_seed(2)
+    w = torch.randn(50000, 512, device="cuda", generator=g) * 0.05
+    lin = Int8Linear.from_weight(w, None, "cuda")
+    x = torch.randn(1, 1, 512, device="cuda", dtype=torch.bfloat16, generator=g)
+    ref = x.float() @ lin.dequantized().t()
+    with torch.inference_mode():
+        one = lin(x).float()
+        many = lin(x.expand(1, 3, 512)).float()
+    scale = ref.abs().max()
+    assert (one - ref).abs().max() < 1e-2 * scale
+    assert (many[:, 1:2] - ref).abs().max() < 1e-2 * scale
+
+
+def test_int4_layer_on_cuda_computes_with_its_dequantized_weight():
+    """tinygemm with the engine's CUDA layout (inner k-tiles 4) = the dequantized weight."""
+    from studio.llm import int4
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    w = torch.randn(512, 1024, device="cuda", generator=g) * 0.05
+    lin = int4.Int4Linear.from_weight(w, None, "cuda", 64)
+    q, s, z = int4.quantize(w, 64)
+    x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16, generator=g)
+    ref = x.float() @ int4.dequantize(q, s, z, 64).t()
+    assert (lin(x).float() - ref).abs().max() < 2e-2 * ref.abs().max()
+
+
+def test_graph_captures_share_one_side_stream(tiny_folder):
+    """Capturing a graph per bucket on a cuBLAS route (bf16 layers, matmul attention) does not
+    grow the allocated memory by a cuBLAS workspace (32 MiB on Hopper) per capture."""
+    from studio.llm.fast import StaticDecoder
+
+    _, model = tiny_folder
+    model = model.to("cuda", torch.bfloat16)
+    dec = StaticDecoder(model, 2048, use_cuda_graphs=True)
+    dec.decode_attention = "matmul"
+    vocab = model.config.vocab_size
+    ids = [5 + j % (vocab - 10) for j in range(2000)]
+    dec.prefill(ids[:200])
+    dec.step(7)  # the first capture (and the stream's workspace)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for n in range(6):  # six more buckets, six more captures
+        dec.forget_prefix()
+        dec.prefill(ids[:200 + 256 * (n + 1)])
+        dec.step(7)
+    torch.cuda.synchronize()
+    assert len(dec._graphs) == 7
+    assert torch.cuda.memory_allocated() - before < 24 * 2**20

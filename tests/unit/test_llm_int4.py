@@ -45,6 +45,9 @@ def dequantized_copy(model):
                 q, s, z = int4.quantize(w, int4.pick_group(w.shape[1]))
                 mod.weight.data = int4.dequantize(q, s, z, int4.pick_group(w.shape[1]))
                 setattr(parent, name.rsplit(".", 1)[-1], mod)
+    if int4.head_format(int4.QUANTIZE_HEAD) == "int8":  # the shipped head: int8 per row
+        q8, s8 = int4.quantize_int8(ref.lm_head.weight.data)
+        ref.lm_head.weight.data = q8.float() * s8[:, None]
     return ref
 
 
@@ -89,6 +92,43 @@ def test_packed_layer_computes_with_its_dequantized_weight():
     assert lin.weight_bytes < w.numel() * 2 / 3  # well under bf16
 
 
+def test_int8_head_round_trip_and_layer():
+    """The LM head's int8 format: per-row symmetric, within half a step of the float weight;
+    the layer (CPU: PyTorch's int8 kernel) computes with its dequantized weight."""
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(200, 128, generator=g) * 0.05
+    w[3] = 0  # an all-zero row keeps a positive scale
+    q, s = int4.quantize_int8(w)
+    assert q.dtype == torch.int8 and int(q.abs().max()) <= 127 and bool((s > 0).all())
+    d = q.float() * s[:, None]
+    assert bool(((d - w).abs() <= s[:, None] / 2 + 1e-7).all())
+    b = torch.randn(200, generator=g)
+    lin = int4.Int8Linear.from_weight(w, b, "cpu")
+    x = torch.randn(3, 5, 128, generator=g)
+    assert torch.allclose(lin(x), torch.nn.functional.linear(x, lin.dequantized(), b),
+                          atol=1e-4)
+    assert lin.weight_bytes < w.numel() * 2 * 0.55  # about half of bf16
+
+
+def test_int8_head_replaces_an_untied_head_only():
+    tok = build_tokenizer("llama3.1")
+    untied = tiny_model("llama3.1", tok, seed=8)
+    info = int4.quantize_model(untied, "cpu", head="int8")
+    assert isinstance(untied.lm_head, int4.Int8Linear) and info["head"] == "int8"
+    tied = tiny_model("llama3.1", tok, seed=8)
+    tied.lm_head.weight = tied.model.embed_tokens.weight
+    int4.quantize_model(tied, "cpu", head="int8")
+    assert isinstance(tied.lm_head, torch.nn.Linear)
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight  # still one shared tensor
+    assert untied.studio_format == "int4 g64 + int8 head (tinygemm)"
+    assert tied.studio_format == "int4 g64 (tinygemm)"  # the ledger says what was done
+    assert int4.format_label(64, "int8") == "int4 g64 + int8 head (tinygemm)"
+    assert int4.format_label(64, True) == "int4 g64 + int4 head (tinygemm)"
+    assert int4.format_label(128, False) == "int4 g128 (tinygemm)"
+    with pytest.raises(ValueError):
+        int4.head_format("fp8")
+
+
 def test_fast_route_equals_eager_reference(llama, studio):
     """The engine's int4 route: the StaticDecoder's logits equal the model's own forward over
     the same int4 layers, and that equals fp32 over the dequantized weights."""
@@ -100,6 +140,9 @@ def test_fast_route_equals_eager_reference(llama, studio):
     assert llm.quantization == "int4" and "int4" in llm.format
     assert not any(isinstance(m, torch.nn.Linear) for m in llm.model.model.layers.modules())
     assert len(int4.int4_layers(llm.model)) == 2 * 4  # q/k/v and gate/up fused
+    # what ships: group 64 with an int8 LM head (bench/results/llm.json)
+    assert llm.format == "int4 g64 + int8 head (tinygemm)"
+    assert isinstance(llm.model.lm_head, int4.Int8Linear)
     ids = torch.randint(0, model.config.vocab_size, (1, 90),
                         generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -215,8 +258,9 @@ def test_fused_glue_step_equals_the_module_by_module_step(family):
 
 
 def test_triton_decode_attention_in_the_interpreter():
-    """The decode attention kernel, run by Triton's CPU interpreter (the GPU test runs it
-    for real): equal to softmax(q K^T) V over keys 0..pos across split edges."""
+    """The decode attention kernels, run by Triton's CPU interpreter (the GPU test runs them
+    for real): equal to softmax(q K^T) V over keys 0..pos across split edges; the fused call
+    also applies RoPE and writes the new k/v into the cache; and the int8 head kernel."""
     import subprocess
     import sys
     import textwrap
@@ -236,6 +280,36 @@ def test_triton_decode_attention_in_the_interpreter():
             s = q[0] @ k[0, :, :p + 1].transpose(-1, -2) * hd ** -0.5
             ref = torch.softmax(s, -1) @ v[0, :, :p + 1]
             worst = max(worst, (out[0] - ref).abs().max().item())
+        # the fused call: RoPE of q and k, the cache write at pos, attention, several splits
+        from studio.llm.attention import fused_decode_attention
+        def rope(x, cos, sin_s):
+            return x * cos + x.roll(hd // 2, -1) * sin_s
+        for p in (0, 63, 64, 200, 299):
+            for split in (None, 64, 128):
+                kc, vc = torch.randn(1, n_kv, L, hd), torch.randn(1, n_kv, L, hd)
+                qf = torch.randn(1, 1, n_kv * n_rep * hd)
+                kf, vf = torch.randn(1, 1, n_kv * hd), torch.randn(1, 1, n_kv * hd)
+                ang = torch.rand(hd) * 6
+                cos, sin = ang.cos(), ang.sin()
+                sin_s = torch.cat((-sin[:hd // 2], sin[hd // 2:]))
+                kref, vref = kc.clone(), vc.clone()
+                out = fused_decode_attention(qf, kf, vf, cos[None, None, None],
+                                             sin_s[None, None, None], kc, vc,
+                                             torch.tensor([p]), min(L, -(-(p + 1) // 256) * 256),
+                                             split=split)
+                qr = rope(qf.view(n_kv, n_rep, hd), cos, sin_s)
+                kref[0, :, p] = rope(kf.view(n_kv, hd), cos, sin_s)
+                vref[0, :, p] = vf.view(n_kv, hd)
+                assert torch.allclose(kc, kref, atol=1e-5) and torch.equal(vc, vref), p
+                s = qr @ kref[0, :, :p + 1].transpose(-1, -2) * hd ** -0.5
+                ref = torch.softmax(s, -1) @ vref[0, :, :p + 1]
+                worst = max(worst, (out[0] - ref).abs().max().item())
+        # the int8 head's batch-1 kernel
+        from studio.llm import int4
+        w, x, b = torch.randn(100, 96), torch.randn(1, 96), torch.randn(100)
+        q8, s8 = int4.quantize_int8(w)
+        y = int4.int8_gemv(x, q8, s8, b, block_n=16, block_k=64)
+        assert torch.allclose(y, x @ (q8.float() * s8[:, None]).T + b, atol=1e-4)
         print("worst", worst)
         assert worst < 1e-4
     """)
