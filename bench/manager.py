@@ -33,14 +33,16 @@ from studio.devices import CpuProbe, CudaProbe, default_budget, emulate_card, is
 from studio.models import ModelManager, ModelSpec, PinnedSwap  # noqa: E402
 
 GiB = 1024**3
+# the decoder LLMs' shapes for a CPU smoke run (--tiny)
+TINY_LLM = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2)
 
 
 def llama8b_config(tiny: bool):
     from transformers import LlamaConfig
 
     if tiny:
-        return LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        return LlamaConfig(**TINY_LLM)
     return LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                        max_position_embeddings=131072, rope_theta=500000.0,
@@ -54,8 +56,7 @@ def qwen7b_config(tiny: bool):
     from transformers import Qwen2Config
 
     if tiny:
-        return Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        return Qwen2Config(**TINY_LLM)
     return Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                        num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                        max_position_embeddings=32768, rope_theta=1000000.0,

@@ -315,6 +315,21 @@ def qlora_steps(model, batch, tokens: int, device: str, steps: int) -> dict:
 
 
 def run_qlora_plain(folder: Path, img, text_tokens: int, device: str, steps: int) -> dict:
+    return measured_qlora(lambda: plain_peft_model(folder, device), img, text_tokens, device,
+                          steps, route="plain PEFT recipe: every linear layer in NF4 (vision "
+                          "too), prepare_model_for_kbit_training (fp32 upcast of the rest, "
+                          "checkpointing), LoRA r16 on the language model's linear layers")
+
+
+def run_qlora_ours(folder: Path, img, text_tokens: int, device: str, steps: int) -> dict:
+    return measured_qlora(lambda: our_model(folder, device), img, text_tokens, device, steps,
+                          route="tabs.vlm.train: NF4 language model, vision tower + projector "
+                          "bf16 and frozen, no fp32 upcast, reentrant checkpointing, LoRA r16 "
+                          "on the language model's linear layers")
+
+
+def plain_peft_model(folder: Path, device: str):
+    """(model, processor) as the plain PEFT recipe prepares them."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -333,17 +348,11 @@ def run_qlora_plain(folder: Path, img, text_tokens: int, device: str, steps: int
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
                                              target_modules=language_targets(model, None),
                                              task_type="CAUSAL_LM"))
-    batch, tokens = qlora_batch(proc, img, text_tokens, device)
-    res = qlora_steps(model, batch, tokens, device, steps)
-    res.update(route="plain PEFT recipe: every linear layer in NF4 (vision too), "
-               "prepare_model_for_kbit_training (fp32 upcast of the rest, checkpointing), "
-               "LoRA r16 on the language model's linear layers", sequence_tokens=tokens)
-    del model, batch
-    free(device)
-    return res
+    return model, proc
 
 
-def run_qlora_ours(folder: Path, img, text_tokens: int, device: str, steps: int) -> dict:
+def our_model(folder: Path, device: str):
+    """(model, processor) as tabs.vlm.train prepares them."""
     import torch
 
     from tabs.vlm.config import VLMAdaptConfig
@@ -353,12 +362,16 @@ def run_qlora_ours(folder: Path, img, text_tokens: int, device: str, steps: int)
                          quantization="nf4" if device == "cuda" else "none")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     proc, model = load_base(cfg, device, dtype, device == "cuda")
-    model = add_lora(model, cfg)
+    return add_lora(model, cfg), proc
+
+
+def measured_qlora(build, img, text_tokens: int, device: str, steps: int, route: str) -> dict:
+    """Training steps of the (model, processor) `build()` makes, measured alike for both
+    recipes; the model is freed before the next one is built."""
+    model, proc = build()
     batch, tokens = qlora_batch(proc, img, text_tokens, device)
     res = qlora_steps(model, batch, tokens, device, steps)
-    res.update(route="tabs.vlm.train: NF4 language model, vision tower + projector bf16 and "
-               "frozen, no fp32 upcast, reentrant checkpointing, LoRA r16 on the language "
-               "model's linear layers", sequence_tokens=tokens)
+    res.update(route=route, sequence_tokens=tokens)
     del model, batch
     free(device)
     return res

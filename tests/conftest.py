@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 # Set before torch/transformers/gradio/ultralytics are imported anywhere.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,6 +42,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def empty_cache(monkeypatch, tmp_path):
+    """A hub cache with nothing in it (whatever this machine's own cache holds)."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@contextmanager
+def launch_py(*args: str, until: str, timeout: float = 240) -> Iterator[str]:
+    """`python launch.py ARGS` as a user starts it, in a child process; yields its output up to
+    the first line holding `until` (or its end, or `timeout` s); stopped after the block."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "launch.py", *args], cwd=Path(__file__).parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if until in line:
+                break
+        yield "".join(lines)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture

@@ -76,6 +76,24 @@ def quiet(err: gr.Error) -> gr.Error:
     return err
 
 
+class _AsMessages:
+    """Around one call of a handler (plain, generator or async alike): a gr.Error goes on
+    quietly, any other exception leaves as the gr.Error `fail` makes of it."""
+
+    def __init__(self, fail: Callable[[Exception], gr.Error]) -> None:
+        self.fail = fail
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, gr.Error):
+            quiet(exc)
+        elif isinstance(exc, Exception):  # a message now; `fail` logged a real error
+            raise self.fail(exc) from None
+        return False
+
+
 def friendly(fn: Callable[..., Any] | None = None, *, action: str | None = None,
              inputs: str = "") -> Any:
     """Decorator: exceptions from `fn` become gr.Error messages (see the module docstring).
@@ -94,41 +112,21 @@ def friendly(fn: Callable[..., Any] | None = None, *, action: str | None = None,
 
     if inspect.isasyncgenfunction(fn):
         async def wrapper(*a: Any, **k: Any) -> Any:
-            try:
+            with _AsMessages(fail):
                 async for item in fn(*a, **k):
                     yield item
-            except gr.Error as e:
-                quiet(e)
-                raise
-            except Exception as e:  # noqa: BLE001 - turned into a message, logged above
-                raise fail(e) from None
     elif inspect.isgeneratorfunction(fn):
         def wrapper(*a: Any, **k: Any) -> Any:
-            try:
+            with _AsMessages(fail):
                 yield from fn(*a, **k)
-            except gr.Error as e:
-                quiet(e)
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise fail(e) from None
     elif inspect.iscoroutinefunction(fn):
         async def wrapper(*a: Any, **k: Any) -> Any:
-            try:
+            with _AsMessages(fail):
                 return await fn(*a, **k)
-            except gr.Error as e:
-                quiet(e)
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise fail(e) from None
     else:
         def wrapper(*a: Any, **k: Any) -> Any:
-            try:
+            with _AsMessages(fail):
                 return fn(*a, **k)
-            except gr.Error as e:
-                quiet(e)
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise fail(e) from None
     functools.update_wrapper(wrapper, fn)
     wrapper._studio_friendly = True  # type: ignore[attr-defined]
     return wrapper

@@ -1,7 +1,7 @@
 """The QLoRA training job: ``run(config, report)`` in its own process (see studio.jobs).
 
-transformers' Trainer + peft do the training; `ReportCallback` turns its events into the studio's
-Reporter (losses, tokens/s, VRAM peak, progress), turns Cancel into
+transformers' Trainer + peft do the training; studio.hooks' callback turns its events into the
+studio's Reporter (losses, tokens/s, VRAM peak, progress), turns Cancel into
 ``control.should_training_stop`` (with a checkpoint), and marks every checkpoint so a cancelled or
 crashed run resumes through ``report.last_checkpoint()``. On a machine without CUDA,
 bitsandbytes' 4-bit cannot run: the job trains plain LoRA on float32 weights and says so.
@@ -13,10 +13,10 @@ import importlib.util
 import json
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
+from studio.hooks import resume_from, trainer_callback, vram_peak_gib
 from studio.safety import freeze_input
 from tabs.qlora import dataset as data
 from tabs.qlora.config import QLoRAConfig
@@ -26,6 +26,21 @@ CPU_NOTE = ("No CUDA GPU: 4-bit NF4 (bitsandbytes) needs one, so this run trains
 
 
 # ----- model -----------------------------------------------------------------------------------
+def start_device(cfg: Any, report: Any) -> tuple[str, bool, Any]:
+    """The run's device, whether the base loads in 4-bit NF4 and the compute dtype; a CPU run
+    says it trains plain LoRA, and a CUDA run's VRAM peak is measured from here."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    four_bit = device == "cuda" and cfg.quantization == "nf4"
+    if device == "cpu":
+        report.log(CPU_NOTE)
+    dtype = compute_dtype(cfg, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    return device, four_bit, dtype
+
+
 def compute_dtype(cfg: QLoRAConfig, device: str):
     """bf16 where the card supports it, fp16 where it does not, fp32 on the CPU."""
     import torch
@@ -235,64 +250,6 @@ def make_collator(tokenizer: Any, packing: bool) -> Any:
 
 
 # ----- reporting -------------------------------------------------------------------------------
-def report_callback(report: Any, device: str) -> Any:
-    """A TrainerCallback that speaks to the studio's Reporter."""
-    from transformers import TrainerCallback
-
-    class ReportCallback(TrainerCallback):
-        def __init__(self) -> None:
-            self.t_last = time.monotonic()
-            self.tokens_last = 0
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.t_last, self.tokens_last = time.monotonic(), state.num_input_tokens_seen
-            report.progress(state.global_step, state.max_steps, "training")
-
-        def on_step_end(self, args, state, control, **kw):
-            report.progress(state.global_step, state.max_steps,
-                            f"step {state.global_step}/{state.max_steps}")
-            if report.should_stop():
-                report.log(f"cancel requested: saving a checkpoint at step {state.global_step}")
-                control.should_training_stop = True
-                control.should_save = True
-            return control
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = logs or {}
-            step = state.global_step
-            if "loss" in logs:
-                now = time.monotonic()
-                tokens = state.num_input_tokens_seen - self.tokens_last
-                tps = tokens / max(1e-9, now - self.t_last)
-                self.t_last, self.tokens_last = now, state.num_input_tokens_seen
-                vram = _vram_peak_gib(device)
-                report.metrics(step, train_loss=logs["loss"], lr=logs.get("learning_rate"),
-                               tokens_per_s=tps, vram_peak_gib=vram)
-                report.log(f"step {step}: loss {logs['loss']:.4f}, {tps:,.0f} tokens/s"
-                           + (f", VRAM peak {vram:.2f} GiB" if vram is not None else ""))
-            if "eval_loss" in logs:
-                ppl = math.exp(min(50.0, logs["eval_loss"]))
-                report.metrics(step, eval_loss=logs["eval_loss"], eval_ppl=ppl)
-                report.log(f"step {step}: eval loss {logs['eval_loss']:.4f} (perplexity "
-                           f"{ppl:.2f})")
-
-        def on_save(self, args, state, control, **kw):
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if path.exists():
-                report.checkpoint(path, state.global_step)
-                report.log(f"checkpoint saved at step {state.global_step}")
-
-    return ReportCallback()
-
-
-def _vram_peak_gib(device: str) -> float | None:
-    if device != "cuda":
-        return None
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 1024**3
-
-
 def report_targets(cfg: QLoRAConfig, run_dir: Path, report: Any) -> list[str]:
     """TensorBoard / W&B when asked and usable; says why not otherwise."""
     out = []
@@ -374,8 +331,6 @@ def training_args(cfg: QLoRAConfig, run_dir: Path, device: str, dtype: Any, has_
 
 def run(config: dict[str, Any], report: Any) -> None:
     """Fine-tune, report live, checkpoint, and finish with eval, samples and a run card."""
-    import torch
-
     cfg = QLoRAConfig.from_dict(config)
     run_dir = Path(report.run_dir)
     # The run trains on its own copy (made on the first attempt, reused on resume): a later
@@ -383,13 +338,7 @@ def run(config: dict[str, Any], report: Any) -> None:
     cfg.train_file = str(freeze_input(cfg.train_file, run_dir, label="Training data"))
     if cfg.eval_file:
         cfg.eval_file = str(freeze_input(cfg.eval_file, run_dir, label="Separate eval file"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    four_bit = device == "cuda" and cfg.quantization == "nf4"
-    if device == "cpu":
-        report.log(CPU_NOTE)
-    dtype = compute_dtype(cfg, device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    device, four_bit, dtype = start_device(cfg, report)
 
     train_conv, eval_conv, notes = load_data(cfg)
     report.progress(0, None, "loading the base model")
@@ -416,22 +365,27 @@ def run(config: dict[str, Any], report: Any) -> None:
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ex,
                               eval_dataset=eval_ex or None,
                               data_collator=make_collator(tokenizer, cfg.packing),
-                              callbacks=[report_callback(report, device)])
+                              callbacks=[trainer_callback(report, tokens_per_s=True)])
     trainer.offload_activations = offload
-    last = report.last_checkpoint()
-    if last:
-        report.log(f"resumed from step {last[1]} ({last[0].name})")
-    trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
-
     adapter_dir = run_dir / "adapter"
+    if train_and_save(trainer, tokenizer, adapter_dir, report):
+        finish(cfg, report, trainer, tokenizer, eval_conv, eval_ex, device, four_bit,
+               adapter_dir)
+
+
+def train_and_save(trainer: Any, saver: Any, adapter_dir: Path, report: Any) -> bool:
+    """Train (from the last checkpoint on a resume) and save the adapter with `saver` (the
+    tokenizer or processor) next to it. False when Cancel stopped the run: the adapter so far
+    is then the run's artifact."""
+    trainer.train(resume_from_checkpoint=resume_from(report))
     trainer.model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    saver.save_pretrained(str(adapter_dir))
     if report.should_stop():
         report.artifact(adapter_dir, kind="model", label="adapter so far")
         report.log(f"stopped at step {trainer.state.global_step}; adapter so far in "
                    f"{adapter_dir}")
-        return
-    finish(cfg, report, trainer, tokenizer, eval_conv, eval_ex, device, four_bit, adapter_dir)
+        return False
+    return True
 
 
 def wants_offload(cfg: QLoRAConfig, device: str) -> bool:
@@ -453,11 +407,8 @@ def finish(cfg: QLoRAConfig, report: Any, trainer: Any, tokenizer: Any,
            eval_conv: list[list[dict]], eval_ex: list[dict], device: str, four_bit: bool,
            adapter_dir: Path) -> None:
     """Final eval loss/perplexity, base-vs-adapter samples, results and the run card."""
-    run_dir = Path(report.run_dir)
     step = trainer.state.global_step
-    results: dict[str, Any] = {"step": step, "device": device,
-                               "quantization": "nf4" if four_bit else "none (plain LoRA)",
-                               "train_loss": _last(trainer.state.log_history, "loss")}
+    results = first_results(trainer, device, four_bit)
     if eval_ex:
         done = [h for h in trainer.state.log_history if "eval_loss" in h and h["step"] == step]
         ev = done[-1] if done else trainer.evaluate()  # not twice at the same step
@@ -466,16 +417,30 @@ def finish(cfg: QLoRAConfig, report: Any, trainer: Any, tokenizer: Any,
         if not done:
             report.metrics(step, eval_loss=ev["eval_loss"], eval_ppl=results["eval_ppl"])
         report.log(f"final eval loss {ev['eval_loss']:.4f}, perplexity {results['eval_ppl']:.2f}")
-    results["vram_peak_gib"] = _vram_peak_gib(device)
+    results["vram_peak_gib"] = vram_peak_gib()
     samples = sample_pairs(trainer.model, tokenizer, eval_conv[:cfg.sample_prompts],
                            cfg.sample_tokens)
+    save_results(cfg, report, adapter_dir, samples, results)
+
+
+def first_results(trainer: Any, device: str, four_bit: bool) -> dict[str, Any]:
+    """What results.json says of every finished adapter run before its evaluation."""
+    return {"step": trainer.state.global_step, "device": device,
+            "quantization": "nf4" if four_bit else "none (plain LoRA)",
+            "train_loss": _last(trainer.state.log_history, "loss")}
+
+
+def save_results(cfg: Any, report: Any, adapter_dir: Path, samples: list[dict[str, str]],
+                 results: dict[str, Any]) -> None:
+    """samples.json, results.json and the run card, offered as the run's artifacts; done."""
+    run_dir = Path(report.run_dir)
     (run_dir / "samples.json").write_text(json.dumps(samples, indent=1))
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     write_run_card(adapter_dir, cfg, results)
     report.artifact(adapter_dir, kind="model", label="adapter")
     report.artifact(run_dir / "samples.json", kind="file", label="samples")
     report.artifact(run_dir / "results.json", kind="file", label="results")
-    report.progress(step, step, "done")
+    report.progress(results["step"], results["step"], "done")
 
 
 def _last(history: list[dict], key: str) -> float | None:

@@ -9,21 +9,19 @@ progress/loss/VRAM callback, cancel-with-checkpoint, resume and run card.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
+from studio.hooks import trainer_callback, vram_peak_gib
 from tabs.qlora.train import (
-    CPU_NOTE,
-    _last,
-    _vram_peak_gib,
-    compute_dtype,
-    report_callback,
+    first_results,
+    save_results,
+    start_device,
+    train_and_save,
     trainer_class,
     training_args,
-    write_run_card,
 )
 from tabs.vlm import dataset as data
 from tabs.vlm.config import VLMAdaptConfig
@@ -129,20 +127,12 @@ def encode_all(processor: Any, pairs: list[data.Pair], max_len: int
 
 def run(config: dict[str, Any], report: Any) -> None:
     """Adapt, report live, checkpoint, and finish with eval, samples and a run card."""
-    import torch
-
     from studio.safety import freeze_input
 
     cfg = VLMAdaptConfig.from_dict(config)
     run_dir = Path(report.run_dir)
     cfg.train_file = str(freeze_input(cfg.train_file, run_dir, label="Data"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    four_bit = device == "cuda" and cfg.quantization == "nf4"
-    if device == "cpu":
-        report.log(CPU_NOTE)
-    dtype = compute_dtype(cfg, device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    device, four_bit, dtype = start_device(cfg, report)
 
     ps = data.load_pairs(cfg.train_file, run_dir / "data")
     notes = data.require_clean(ps, cfg.skip_bad_records)
@@ -168,22 +158,11 @@ def run(config: dict[str, Any], report: Any) -> None:
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ex,
                               eval_dataset=eval_ex if len(eval_ex) else None,
                               data_collator=lambda f: data.collate(f, pad),
-                              callbacks=[report_callback(report, device)])
-    last = report.last_checkpoint()
-    if last:
-        report.log(f"resumed from step {last[1]} ({last[0].name})")
-    trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
-
+                              callbacks=[trainer_callback(report, tokens_per_s=True)])
     adapter_dir = run_dir / "adapter"
-    trainer.model.save_pretrained(str(adapter_dir))
-    processor.save_pretrained(str(adapter_dir))
-    if report.should_stop():
-        report.artifact(adapter_dir, kind="model", label="adapter so far")
-        report.log(f"stopped at step {trainer.state.global_step}; adapter so far in "
-                   f"{adapter_dir}")
-        return
-    finish(cfg, report, trainer, processor, eval_pairs or train_pairs[:1], device, four_bit,
-           adapter_dir, bool(len(eval_ex)))
+    if train_and_save(trainer, processor, adapter_dir, report):
+        finish(cfg, report, trainer, processor, eval_pairs or train_pairs[:1], device,
+               four_bit, adapter_dir, bool(len(eval_ex)))
 
 
 def finish(cfg: VLMAdaptConfig, report: Any, trainer: Any, processor: Any,
@@ -192,25 +171,17 @@ def finish(cfg: VLMAdaptConfig, report: Any, trainer: Any, processor: Any,
     """Final eval loss, before/after samples on held-out pictures, results and the run card."""
     run_dir = Path(report.run_dir)
     step = trainer.state.global_step
-    results: dict[str, Any] = {"step": step, "device": device,
-                               "quantization": "nf4" if four_bit else "none (plain LoRA)",
-                               "train_loss": _last(trainer.state.log_history, "loss")}
+    results = first_results(trainer, device, four_bit)
     if has_eval:
         ev = trainer.evaluate()
         results["eval_loss"] = ev["eval_loss"]
         results["eval_ppl"] = math.exp(min(50.0, ev["eval_loss"]))
         report.metrics(step, eval_loss=ev["eval_loss"], eval_ppl=results["eval_ppl"])
         report.log(f"final eval loss {ev['eval_loss']:.4f}")
-    results["vram_peak_gib"] = _vram_peak_gib(device)
+    results["vram_peak_gib"] = vram_peak_gib()
     samples = samples_before_after(trainer.model, processor, sample_pairs[:cfg.sample_count],
                                    cfg.sample_tokens, run_dir)
-    (run_dir / "samples.json").write_text(json.dumps(samples, indent=1))
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
-    write_run_card(adapter_dir, cfg, results)
-    report.artifact(adapter_dir, kind="model", label="adapter")
-    report.artifact(run_dir / "samples.json", kind="file", label="samples")
-    report.artifact(run_dir / "results.json", kind="file", label="results")
-    report.progress(step, step, "done")
+    save_results(cfg, report, adapter_dir, samples, results)
 
 
 def samples_before_after(model: Any, processor: Any, pairs: list[data.Pair],

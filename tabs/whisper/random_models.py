@@ -18,34 +18,27 @@ from typing import Any
 
 TOKENIZER_ENV = "STUDIO_WHISPER_TOKENIZER"  # a folder holding tiny.en's tokenizer.json
 
+
+def _shape(d_model: int, encoder_layers: int, decoder_layers: int, heads: int, ffn: int,
+           mels: int, vocab: int) -> dict[str, int]:
+    """One architecture's WhisperConfig fields (encoder and decoder share heads and FFN width)."""
+    return {"d_model": d_model, "encoder_layers": encoder_layers,
+            "decoder_layers": decoder_layers, "encoder_attention_heads": heads,
+            "decoder_attention_heads": heads, "encoder_ffn_dim": ffn, "decoder_ffn_dim": ffn,
+            "num_mel_bins": mels, "vocab_size": vocab}
+
+
+_LARGE_V3 = _shape(1280, 32, 32, heads=20, ffn=5120, mels=128, vocab=51866)
 # WhisperConfig fields per architecture; everything else is shared (see `random_whisper_folder`).
 WHISPER_ARCHS: dict[str, dict[str, int]] = {
-    "tiny": {"d_model": 64, "encoder_layers": 1, "decoder_layers": 1,
-             "encoder_attention_heads": 2, "decoder_attention_heads": 2,
-             "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "num_mel_bins": 80,
-             "vocab_size": 51864},
-    "tiny.en": {"d_model": 384, "encoder_layers": 4, "decoder_layers": 4,
-                "encoder_attention_heads": 6, "decoder_attention_heads": 6,
-                "encoder_ffn_dim": 1536, "decoder_ffn_dim": 1536, "num_mel_bins": 80,
-                "vocab_size": 51864},
-    "large-v3": {"d_model": 1280, "encoder_layers": 32, "decoder_layers": 32,
-                 "encoder_attention_heads": 20, "decoder_attention_heads": 20,
-                 "encoder_ffn_dim": 5120, "decoder_ffn_dim": 5120, "num_mel_bins": 128,
-                 "vocab_size": 51866},
+    "tiny": _shape(64, 1, 1, heads=2, ffn=128, mels=80, vocab=51864),
+    "tiny.en": _shape(384, 4, 4, heads=6, ffn=1536, mels=80, vocab=51864),
+    "large-v3": _LARGE_V3,
     # large-v3's encoder with 4 (turbo) or 2 (distil) decoder layers
-    "large-v3-turbo": {"d_model": 1280, "encoder_layers": 32, "decoder_layers": 4,
-                       "encoder_attention_heads": 20, "decoder_attention_heads": 20,
-                       "encoder_ffn_dim": 5120, "decoder_ffn_dim": 5120, "num_mel_bins": 128,
-                       "vocab_size": 51866},
-    "distil-large-v3": {"d_model": 1280, "encoder_layers": 32, "decoder_layers": 2,
-                        "encoder_attention_heads": 20, "decoder_attention_heads": 20,
-                        "encoder_ffn_dim": 5120, "decoder_ffn_dim": 5120, "num_mel_bins": 128,
-                        "vocab_size": 51866},
+    "large-v3-turbo": {**_LARGE_V3, "decoder_layers": 4},
+    "distil-large-v3": {**_LARGE_V3, "decoder_layers": 2},
     # large-v3's shapes scaled down (2+2 layers, 128 mels, 51866 tokens) for CPU plumbing tests
-    "large-v3-mini": {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
-                      "encoder_attention_heads": 2, "decoder_attention_heads": 2,
-                      "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "num_mel_bins": 128,
-                      "vocab_size": 51866},
+    "large-v3-mini": _shape(64, 2, 2, heads=2, ffn=128, mels=128, vocab=51866),
 }
 # large-v3's own cross-attention heads for word timestamps; smaller models use the last layer.
 LARGE_V3_ALIGNMENT_HEADS = [[7, 0], [10, 17], [12, 18], [13, 12], [16, 1], [17, 14], [19, 11],

@@ -4,29 +4,32 @@ errors, bad input."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
 from tabs.whisper.audio import load_audio
-from tests.conftest import launch_studio, stop_studio
+from tests.browser.chromium import needs_chromium, running_studio, studio_page
 
 pytestmark = pytest.mark.slow
+
+
+def _two_sentences(wav):
+    """`wav`: espeak-ng saying the two sentences both tests transcribe."""
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav),
+                    "Please send the report to the whole team. Then we meet again on Friday "
+                    "morning to plan the next release."], check=True)
+    return wav
 
 
 def test_transcribe_and_export_over_the_api(tmp_path):
     from gradio_client import Client, handle_file
 
-    wav = tmp_path / "hello.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav),
-                    "Please send the report to the whole team. Then we meet again on Friday "
-                    "morning to plan the next release."], check=True)
+    wav = _two_sentences(tmp_path / "hello.wav")
     bad = tmp_path / "broken.mp3"
     bad.write_bytes(b"ID3 not really an mp3" * 20)
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.whisper"])
-    try:
+    with running_studio(tmp_path / "home", tab_modules=["tabs.whisper"]) as (s, url):
         if not s.choices["whisper"].source:
             pytest.skip("tiny.en weights not installed")
         c = Client(url, verbose=False)
@@ -56,38 +59,21 @@ def test_transcribe_and_export_over_the_api(tmp_path):
             c.predict(tid, "SPEAKER_07", "Ann", api_name="/whisper_rename")
         with pytest.raises(Exception, match="could not be decoded"):
             c.predict(handle_file(str(bad)), None, *args, api_name="/whisper_transcribe")
-    finally:
-        stop_studio(s, app)
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@needs_chromium
 def test_clicking_a_segment_loads_the_player_from_there(tmp_path):
     """In a real browser: a click (or Enter) on a transcript segment puts the cut that starts at
     that segment into the player, through the view's own script and the click event."""
-    from playwright.sync_api import sync_playwright
-
     from tabs.whisper.service import get_service
 
-    wav = tmp_path / "talk.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav),
-                    "Please send the report to the whole team. Then we meet again on Friday "
-                    "morning to plan the next release."], check=True)
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.whisper"])
-    errors: list[str] = []
-    try:
+    wav = _two_sentences(tmp_path / "talk.wav")
+    with running_studio(tmp_path / "home", tab_modules=["tabs.whisper"]) as (s, url):
         if not s.choices["whisper"].source:
             pytest.skip("tiny.en weights not installed")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url, wait_until="load", timeout=60_000)
+        with studio_page(url, args=("--autoplay-policy=no-user-gesture-required",)) as (
+                _browser, page, errors):
             page.get_by_role("tab", name="Transcribe").click()
             page.locator("input[type=file]").first.set_input_files(str(wav))
             page.get_by_role("button", name="Transcribe", exact=True).click()
@@ -107,7 +93,4 @@ def test_clicking_a_segment_loads_the_player_from_there(tmp_path):
             segs.nth(0).focus()
             page.keyboard.press("Enter")
             player_has(starts[0])
-            browser.close()
-    finally:
-        stop_studio(s, app)
     assert not errors, errors

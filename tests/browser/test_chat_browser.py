@@ -9,8 +9,7 @@ import os
 
 import pytest
 
-from tests.browser.test_browser import CHROMIUM, FLAGS
-from tests.conftest import launch_studio, stop_studio
+from tests.browser.chromium import needs_chromium, running_studio, studio_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -18,23 +17,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 OVERLAY = ".wrap.error, .error-message, [data-testid='status-tracker'] .error"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@needs_chromium
 def test_chat_error_new_chat_saved_chats_and_regenerate(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from studio.llm.testing import build_tokenizer, save_chat_model, tiny_model
 
     tok = build_tokenizer("llama3.1")
     folder = save_chat_model(tiny_model("llama3.1", tok, seed=2), tok, tmp_path / "model")
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.chat"])
     shots = os.environ.get("STUDIO_ARTIFACTS")
-    errors = []
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url, wait_until="load", timeout=60_000)
+    with running_studio(tmp_path / "home", tab_modules=["tabs.chat"]) as (_s, url):
+        with studio_page(url) as (browser, page, errors):
             page.get_by_label("Local folder, .gguf file or hub id").check()
             box = page.get_by_placeholder("Type a message and press Enter")
             box.fill("Hello there")
@@ -76,7 +67,4 @@ def test_chat_error_new_chat_saved_chats_and_regenerate(tmp_path):
             other.locator("#chat-saved input").click()
             other.wait_for_timeout(500)
             assert other.get_by_role("option").filter(has_text="Hello there").count() == 0
-            browser.close()
-    finally:
-        stop_studio(s, app)
     assert not errors, errors

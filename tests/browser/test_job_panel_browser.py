@@ -8,24 +8,15 @@ import time
 
 import pytest
 
-from tests.browser.test_browser import CHROMIUM, FLAGS
-from tests.conftest import launch_studio, stop_studio
+from tests.browser.chromium import needs_chromium, running_studio, studio_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@needs_chromium
 def test_panel_log_picker_and_reload(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tests.app.paneltab"])
-    errors = []
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url, wait_until="load", timeout=60_000)
+    with running_studio(tmp_path / "home", tab_modules=["tests.app.paneltab"]) as (s, url):
+        with studio_page(url) as (_browser, page, errors):
             page.get_by_label("steps").fill("8")
             page.get_by_role("button", name="Start").click()
             picker = page.get_by_label("Run", exact=True)
@@ -54,7 +45,4 @@ def test_panel_log_picker_and_reload(tmp_path):
             page.locator("text=succeeded").first.wait_for(timeout=15_000)
             assert page.get_by_text("No run selected.").count() == 0
             page.locator("td[aria-label='adapter.zip']").first.wait_for(timeout=15_000)
-            browser.close()
-    finally:
-        stop_studio(s, app)
     assert not errors, errors

@@ -7,33 +7,26 @@ import json
 
 import pytest
 
-from tests.browser.test_browser import CHROMIUM, FLAGS
-from tests.conftest import launch_studio, stop_studio
+from tests.browser.chromium import needs_chromium, running_studio, studio_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@needs_chromium
 def test_comparison_table_shows_the_adapter_column(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.qlora"])
-    run = s.jobs.runs_dir / "qlora-cmp"
-    (run / "adapter").mkdir(parents=True)
-    (run / "adapter" / "adapter_config.json").write_text("{}")
-    (run / "config.json").write_text(json.dumps({"base_model": "b", "train_file": "t"}))
-    (run / "run.json").write_text(json.dumps({"id": "qlora-cmp", "kind": "qlora",
-                                              "status": "succeeded", "created": 0}))
-    long = " ".join(["averyveryverylongwordwithoutspaces"] * 12)
-    (run / "samples.json").write_text(json.dumps([
-        {"prompt": long, "expected": long, "base": long, "adapter": "ADAPTER-REPLY " + long}]))
-    (run / "results.json").write_text(json.dumps({"step": 5, "device": "cpu",
-                                                  "quantization": "none"}))
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(url, wait_until="load", timeout=60_000)
+    with running_studio(tmp_path / "home", tab_modules=["tabs.qlora"]) as (s, url):
+        run = s.jobs.runs_dir / "qlora-cmp"
+        (run / "adapter").mkdir(parents=True)
+        (run / "adapter" / "adapter_config.json").write_text("{}")
+        (run / "config.json").write_text(json.dumps({"base_model": "b", "train_file": "t"}))
+        (run / "run.json").write_text(json.dumps({"id": "qlora-cmp", "kind": "qlora",
+                                                  "status": "succeeded", "created": 0}))
+        long = " ".join(["averyveryverylongwordwithoutspaces"] * 12)
+        (run / "samples.json").write_text(json.dumps([
+            {"prompt": long, "expected": long, "base": long, "adapter": "ADAPTER-REPLY " + long}]))
+        (run / "results.json").write_text(json.dumps({"step": 5, "device": "cpu",
+                                                      "quantization": "none"}))
+        with studio_page(url, width=1280, height=900) as (_browser, page, _errors):
             pick = page.get_by_label("Trained run")
             pick.fill("qlora-cmp")
             pick.press("Enter")
@@ -46,6 +39,3 @@ def test_comparison_table_shows_the_adapter_column(tmp_path):
                                 "th.getBoundingClientRect().right])")
             adapter = [r for t, r in box if t.startswith("adapter")]
             assert adapter and adapter[0] <= 1280, box
-            browser.close()
-    finally:
-        stop_studio(s, app)

@@ -10,25 +10,23 @@ from __future__ import annotations
 import json
 import re
 import struct
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.test_browser import ARTIFACTS, CHROMIUM, FLAGS
-from tests.conftest import launch_studio, stop_studio
+from tests.browser.chromium import ARTIFACTS, needs_chromium, running_studio, studio_page
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, needs_chromium]
 
 
-def _open(p, url, errors):
-    browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-    page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url, wait_until="load", timeout=60_000)  # timers poll: never idle
-    page.get_by_role("tab", name="Train").first.wait_for(timeout=30_000)
-    return browser, page
+@contextmanager
+def _open(url):
+    """The SD tab's page, once its Train sub-tab is there; yields (page, errors)."""
+    with studio_page(url, height=1100, accept_downloads=True) as (_browser, page, errors):
+        page.get_by_role("tab", name="Train").first.wait_for(timeout=30_000)
+        yield page, errors
 
 
 def _visible(page, label: str):
@@ -45,17 +43,11 @@ def _dropdown_options(page, label: str) -> list[str]:
 
 
 def test_no_base_model_says_what_to_do_and_the_models_folder_is_listed(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from tabs.sd import service
     from tabs.sd.tiny import make_tiny_sd15, save_original_single_file
 
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.sd"])
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
-    try:
-        with sync_playwright() as p:
-            browser, page = _open(p, url, errors)
+    with running_studio(tmp_path / "home", tab_modules=["tabs.sd"]) as (s, url):
+        with _open(url) as (page, errors):
             page.get_by_text("No base model on disk yet").first.wait_for(timeout=30_000)
             note = page.locator(".sd-base-note").first.inner_text()
             assert "Models tab" in note and "Download" in note, note
@@ -77,26 +69,17 @@ def test_no_base_model_says_what_to_do_and_the_models_folder_is_listed(tmp_path)
             page.get_by_role("tab", name="Generate").click()
             options = _dropdown_options(page, "Base model")
             assert any("civitai-style.safetensors" in o for o in options), options
-            browser.close()
-    finally:
-        stop_studio(s, app)
     assert not errors, errors
 
 
 def test_preparation_warns_shows_bucket_shapes_and_guards_the_file_column(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from tabs.sd.dataset import load_dataset
 
     wide, small = tmp_path / "wide.png", tmp_path / "small.png"
     Image.fromarray(np.full((600, 1200, 3), 120, np.uint8)).save(wide)
     Image.fromarray(np.full((300, 300, 3), 60, np.uint8)).save(small)
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.sd"])
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
-    try:
-        with sync_playwright() as p:
-            browser, page = _open(p, url, errors)
+    with running_studio(tmp_path / "home", tab_modules=["tabs.sd"]) as (s, url):
+        with _open(url) as (page, errors):
             page.get_by_role("button", name="Prepare dataset").wait_for(timeout=30_000)
             page.wait_for_load_state("load")
             page.wait_for_timeout(2000)  # the upload box wires its handlers after it renders
@@ -159,25 +142,16 @@ def test_preparation_warns_shows_bucket_shapes_and_guards_the_file_column(tmp_pa
             except Exception:
                 problems.append("no toast counting the saved and changed captions: " +
                                 " | ".join(page.locator(".toast-body").all_inner_texts()))
-            browser.close()
         assert not problems, problems
         texts = sorted(it.text for it in load_dataset(folder).items)
         assert texts == ["sks thing", "sks thing, edited"]
-    finally:
-        stop_studio(s, app)
     assert not errors, errors
 
 
 def test_cpu_demo_mode_trains_and_generates_on_a_cpu(tmp_path):
     """The walk-through a person without a GPU or a model can do: a few minutes on a CPU."""
-    from playwright.sync_api import sync_playwright
-
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.sd"])
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
-    try:
-        with sync_playwright() as p:
-            browser, page = _open(p, url, errors)
+    with running_studio(tmp_path / "home", tab_modules=["tabs.sd"]) as (s, url):
+        with _open(url) as (page, errors):
             page.get_by_role("button", name="Set up the CPU demo").click()
             page.get_by_text("CPU demo mode.").first.wait_for(timeout=120_000)
             page.get_by_text("4 images ready at 32x32").first.wait_for(timeout=10_000)
@@ -208,12 +182,9 @@ def test_cpu_demo_mode_trains_and_generates_on_a_cpu(tmp_path):
             page.get_by_text("Memory plan").first.wait_for(timeout=120_000)
             page.locator("#sd-images img").first.wait_for(timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "sd-demo-generated.png"), full_page=True)
-            browser.close()
         saved = sorted((s.settings.exports_dir / "sd_images").glob("*.png"))
         assert saved
         from tabs.sd.generate import read_png_parameters
 
         assert "demo_lora" in read_png_parameters(saved[-1])["loras"]
-    finally:
-        stop_studio(s, app)
     assert not errors, errors

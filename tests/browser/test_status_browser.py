@@ -11,8 +11,7 @@ import re
 import pytest
 
 from studio.models import ModelSpec
-from tests.browser.test_browser import CHROMIUM, FLAGS
-from tests.conftest import launch_studio, stop_studio
+from tests.browser.chromium import needs_chromium, running_studio, studio_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -27,25 +26,20 @@ HEADER_FIT = """() => [...document.querySelectorAll('#studio-status th')]
     return [t, w, th.getBoundingClientRect().width]; })"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@needs_chromium
 def test_status_area_fits_and_follows(tmp_path):
     import torch
-    from playwright.sync_api import sync_playwright
 
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tests.app.toytab"])
-    s.models.register(ModelSpec(LONG_KEY, load=lambda d: torch.nn.Linear(64, 64),
-                                title="SmolLM2 with a long key"))
-    s.models.register(ModelSpec("whisper:ct2:tiny", load=lambda d: {"ct2": "not torch"},
-                                title="Whisper tiny (CTranslate2)"))
-    for k in (LONG_KEY, "whisper:ct2:tiny"):
-        with s.models.use(k):
-            pass
     shots = os.environ.get("STUDIO_ARTIFACTS")
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(url, wait_until="load", timeout=60_000)
+    with running_studio(tmp_path / "home", tab_modules=["tests.app.toytab"]) as (s, url):
+        s.models.register(ModelSpec(LONG_KEY, load=lambda d: torch.nn.Linear(64, 64),
+                                    title="SmolLM2 with a long key"))
+        s.models.register(ModelSpec("whisper:ct2:tiny", load=lambda d: {"ct2": "not torch"},
+                                    title="Whisper tiny (CTranslate2)"))
+        for k in (LONG_KEY, "whisper:ct2:tiny"):
+            with s.models.use(k):
+                pass
+        with studio_page(url, width=1280, height=900) as (_browser, page, _errors):
             page.get_by_text("GPU memory and jobs").click()
             status = page.locator("#studio-status")
             page.wait_for_function("() => document.querySelector('#studio-status')"
@@ -73,6 +67,3 @@ def test_status_area_fits_and_follows(tmp_path):
             page.get_by_text("Unloaded").first.wait_for(timeout=15_000)
             page.wait_for_timeout(2500)
             assert page.get_by_label("Model", exact=True).input_value() == ""
-            browser.close()
-    finally:
-        stop_studio(s, app)

@@ -18,12 +18,16 @@ import re
 import pytest
 
 from studio.ui.examples import asset
-from tests.browser.test_browser import ARTIFACTS, CHROMIUM, FLAGS
-from tests.browser.test_yolo_browser import TOAST_SPY
-from tests.conftest import launch_studio, stop_studio
+from tests.browser.chromium import (
+    ARTIFACTS,
+    TOAST_SPY,
+    needs_chromium,
+    running_studio,
+    studio_page,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,  # ~4-6 min on 2 shared cores
-              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")]
+              needs_chromium]
 
 # Gradio's status tracker marks an output whose handler failed (the red "Error" + ×)
 BADGE = "[data-testid='status-tracker']:not(.hide) .error, .wrap.error"
@@ -70,23 +74,13 @@ class Walk:
 
 
 def test_every_tab_main_flow_without_an_error(tmp_path, capfd, caplog):
-    from playwright.sync_api import sync_playwright
-
     from studio.app import available_tabs
 
     caplog.set_level(logging.ERROR)
-    s, app, url = launch_studio(tmp_path / "home")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     titles = [m.TITLE for m in available_tabs()]
-    errors: list[str] = []
     done: list[str] = []
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.add_init_script(TOAST_SPY)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url, wait_until="load", timeout=60_000)  # timers poll: never idle
+    with running_studio(tmp_path / "home") as (s, url):
+        with studio_page(url, height=1100, init_script=TOAST_SPY) as (_browser, page, errors):
             page.locator("#studio-header").wait_for(timeout=180_000)  # ten tabs to render
             w = Walk(page)
             try:
@@ -206,9 +200,6 @@ def test_every_tab_main_flow_without_an_error(tmp_path, capfd, caplog):
             except Exception:  # where the walk stopped, for the CI artifact
                 page.screenshot(path=str(ARTIFACTS / "walk-failed.png"), full_page=True)
                 raise
-            browser.close()
-    finally:
-        stop_studio(s, app)
     out = capfd.readouterr()
     log = out.out + out.err
     assert not errors, errors

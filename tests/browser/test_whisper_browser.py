@@ -12,8 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.browser.test_browser import ARTIFACTS, CHROMIUM, FLAGS
-from tests.conftest import launch_studio, stop_studio
+from tests.browser.chromium import ARTIFACTS, needs_chromium, running_studio, studio_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # tiny.en + Chromium: 1-3 min
 
@@ -42,27 +41,16 @@ def clips(tmp_path):
     return meeting, other
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@needs_chromium
 def test_transcribe_walk_through(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from tabs.whisper import dvector
 
     meeting, other = clips(tmp_path)
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.whisper"])
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
-    try:
+    with running_studio(tmp_path / "home", tab_modules=["tabs.whisper"]) as (s, url):
         if not s.choices["whisper"].source:
             pytest.skip("tiny.en weights not installed")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                *FLAGS, "--autoplay-policy=no-user-gesture-required"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1100},
-                                    accept_downloads=True)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(url, wait_until="load", timeout=60_000)
+        with studio_page(url, height=1100, args=("--autoplay-policy=no-user-gesture-required",),
+                         accept_downloads=True, console_errors=True) as (_browser, page, errors):
             page.get_by_role("tab", name="Transcribe").click()
 
             def badges(elem: str) -> int:  # red "Error" status badges shown over a component
@@ -155,7 +143,4 @@ def test_transcribe_walk_through(tmp_path):
             page.get_by_text("Post-edit (glossary and LLM)").click()
             assert "too small" in page.locator("#whisper-postedit-note").inner_text()
             assert not page.get_by_role("button", name="Accept").is_enabled()
-            browser.close()
-    finally:
-        stop_studio(s, app)
     assert not errors, errors

@@ -25,6 +25,22 @@ def _dataset(svc, tmp_path, name, **kw):
     return ds
 
 
+def _cancelled_after_an_epoch(studio, tmp_path, cfg: TrainConfig, first_s: float,
+                              cancel_s: float):
+    """A tiny dataset trained with `cfg`, cancelled once the first epoch's metrics are in (the
+    run must not fail before); (run id, its view once the cancel has ended it)."""
+    svc = get_service(studio)
+    _dataset(svc, tmp_path, "tiny", n_train=16, n_val=4, size=64, n_classes=1, seed=3)
+    run_id = svc.start_training("tiny", cfg)
+    deadline = time.monotonic() + first_s
+    while not studio.jobs.view(run_id).metrics:
+        assert time.monotonic() < deadline, studio.jobs.view(run_id).log_tail
+        assert studio.jobs.view(run_id).status in ("queued", "running")
+        time.sleep(0.2)
+    studio.jobs.cancel(run_id)
+    return run_id, studio.jobs.wait(run_id, timeout=cancel_s)
+
+
 def _iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -79,18 +95,9 @@ def test_trains_from_scratch_to_real_map_and_onnx_matches(studio, tmp_path):
 
 
 def test_cancel_keeps_last_pt_and_resume_continues(studio, tmp_path):
-    svc = get_service(studio)
-    _dataset(svc, tmp_path, "tiny", n_train=16, n_val=4, size=64, n_classes=1, seed=3)
     cfg = TrainConfig(model="yolov8n.yaml", epochs=5, imgsz=64, batch=4, workers=0,
                       close_mosaic=0, plots=False, offline=True)
-    run_id = svc.start_training("tiny", cfg)
-    deadline = time.monotonic() + 120
-    while not studio.jobs.view(run_id).metrics:
-        assert time.monotonic() < deadline, studio.jobs.view(run_id).log_tail
-        assert studio.jobs.view(run_id).status in ("queued", "running")
-        time.sleep(0.2)
-    studio.jobs.cancel(run_id)
-    v = studio.jobs.wait(run_id, timeout=120)
+    run_id, v = _cancelled_after_an_epoch(studio, tmp_path, cfg, first_s=120, cancel_s=120)
     assert v.status == "cancelled", v.error
     stopped_at = max(m["step"] for m in v.metrics)
     assert stopped_at < 5

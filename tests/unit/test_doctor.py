@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from studio import doctor
+from tests.conftest import free_port, launch_py
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,12 +97,6 @@ def test_banner_lists_problems_and_nothing_when_all_is_well():
     assert "library pair" in text and "needs PEFT" in text and "--doctor" in text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_launch_doctor_and_our_own_startup_banner(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -113,30 +106,11 @@ def test_launch_doctor_and_our_own_startup_banner(tmp_path):
     for word in ("python", "torch", "libraries", "library pairs", "lock", "disk"):
         assert f"] {word}:" in out.stdout, out.stdout
 
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "launch.py", "--port", str(port), "--home", str(tmp_path / "home"),
-         "--profile", "small", "--offline"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines = []
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "To share it with others" in line:
-                break
-        text = "".join(lines)
+    port = free_port()
+    with launch_py("--port", str(port), "--home", str(tmp_path / "home"), "--profile", "small",
+                   "--offline", until="To share it with others") as text:
         assert f"OneGPU Studio is running at http://127.0.0.1:{port}" in text, text
         assert "share=True" not in text and "kernels-community" not in text, text
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_the_readme_commands_and_ci_install_only_from_the_lock():

@@ -35,15 +35,6 @@ HUB_RERANKER = "BAAI/bge-reranker-base"  # the full profile's reranker
 
 
 @pytest.fixture
-def empty_cache(monkeypatch, tmp_path):
-    """A hub cache with nothing in it (whatever this machine's own cache holds)."""
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture
 def svc(tmp_path, empty_cache):
     studio = build_studio(Settings(home=tmp_path / "home", profile="small"), start_jobs=False)
     yield get_service(studio)

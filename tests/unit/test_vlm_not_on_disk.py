@@ -17,14 +17,6 @@ HUB_VLM = "llava-hf/llava-1.5-7b-hf"  # in the catalogue
 
 
 @pytest.fixture
-def empty_cache(monkeypatch, tmp_path):
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture
 def no_loads(monkeypatch):
     """Fail the test if anything asks transformers for a model, processor or config."""
     import transformers
