@@ -16,6 +16,11 @@ until the time is up:
 - ``yolo_boxes``: save boxes on the session's own image, read them back;
 - ``tinygpt``: ``/tinygpt_generate`` (20 tokens) from the run trained at set-up.
 
+Work belongs to an owner (studio/sessions.py): a Client that sends no secret is its own owner
+and would see none of the set-up's knowledge base, dataset or run. The set-up and every session
+send one secret (``BENCH_SECRET``, the endpoints' last argument ``secret``): they are one
+person's browser tabs, each its own Gradio session (its own Stop flags, its own queue place).
+
 Every message, question and box carries tokens unique to the session and the call; a reply is
 "cross-talk" if it holds another session's token or lacks its own (the chat history returned,
 the query echoed by search, the boxes read back). Recorded: connection times and failures,
@@ -97,6 +102,7 @@ NOTES = {
 }
 KB = "loadbench"
 DATASET = "loadbench"
+BENCH_SECRET = "10adbe4c" * 4  # the owner of the set-up and of every session (see above)
 
 
 def set_up(url: str, work: Path, clients: int) -> dict:
@@ -108,17 +114,17 @@ def set_up(url: str, work: Path, clients: int) -> dict:
     for name, text in NOTES.items():
         (work / name).write_text(text)
         notes.append(handle_file(str(work / name)))
-    c.predict(KB, api_name="/rag_create_kb")
-    c.predict(KB, notes, "", "now", api_name="/rag_ingest")
-    c.predict(DATASET, "thing, other", api_name="/yolo_create_dataset")
+    c.predict(KB, secret=BENCH_SECRET, api_name="/rag_create_kb")
+    c.predict(KB, notes, "", "now", secret=BENCH_SECRET, api_name="/rag_ingest")
+    c.predict(DATASET, "thing, other", secret=BENCH_SECRET, api_name="/yolo_create_dataset")
     images = []
     for i in range(clients):
         p = work / f"s{i:02d}.png"
         Image.new("RGB", (96, 96), (i * 9 % 255, 80, 160)).save(p)
         images.append(handle_file(str(p)))
-    c.predict(DATASET, images, False, api_name="/yolo_add_files")
+    c.predict(DATASET, images, False, secret=BENCH_SECRET, api_name="/yolo_add_files")
     c.predict("stdlib", None, "", 200_000, "char", 512, "learned", 1, 2, 32, 32, 0.0, 40, 8,
-              3e-3, "cpu", api_name="/tinygpt_train")
+              3e-3, "cpu", secret=BENCH_SECRET, api_name="/tinygpt_train")
     run_id = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -225,7 +231,8 @@ class Session(threading.Thread):
     def rag_search(self, c) -> None:
         tok = self.token()
         q = f"When was the lighthouse built? {tok}"
-        _html, data = c.predict(KB, q, 3, True, False, api_name="/rag_search")
+        _html, data = c.predict(KB, q, 3, True, False, secret=BENCH_SECRET,
+                                api_name="/rag_search")
         assert data["sources"], data
         self.check("rag_search", data["query"], [tok])
 
@@ -233,7 +240,7 @@ class Session(threading.Thread):
         tok = self.token()
         q = f"What flour feeds the bakery starter? {tok}"
         chat, _q, _html, data = c.predict(KB, q, [], 3, True, False, False, 24, 0,
-                                          api_name="/rag_ask")
+                                          secret=BENCH_SECRET, api_name="/rag_ask")
         assert chat and chat[-1]["role"] == "assistant", chat
         self.check("rag_ask", json.dumps(chat[0]), [tok])
 
@@ -243,8 +250,9 @@ class Session(threading.Thread):
         x = 2 + self.idx  # this session's own box, moved every call
         y = 2 + self.calls % 40
         boxes = [{"xmin": x, "ymin": y, "xmax": x + 30, "ymax": y + 30, "label": "thing"}]
-        c.predict(DATASET, img, json.dumps(boxes), api_name="/yolo_set_boxes")
-        got = c.predict(DATASET, img, api_name="/yolo_get_boxes")
+        c.predict(DATASET, img, json.dumps(boxes), secret=BENCH_SECRET,
+                  api_name="/yolo_set_boxes")
+        got = c.predict(DATASET, img, secret=BENCH_SECRET, api_name="/yolo_get_boxes")
         seen = [(b["xmin"], b["ymin"]) for b in got["boxes"]]
         if seen != [(x, y)]:
             self.record("crosstalk", {"session": self.idx, "action": "yolo_boxes",
@@ -253,7 +261,7 @@ class Session(threading.Thread):
     def tinygpt(self, c) -> None:
         tok = self.token()
         text, stats = c.predict(self.setup["tinygpt_run"], f"def {tok}(", 20, 0.8, 40, "on",
-                                api_name="/tinygpt_generate")
+                                secret=BENCH_SECRET, api_name="/tinygpt_generate")
         assert isinstance(text, str) and stats, stats
         self.check("tinygpt", text, [])  # a continuation: no one else's token may show up
 

@@ -12,10 +12,13 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from studio.config import format_bytes
+from studio.jobs import ALL
 from studio.security import LockedDoor
+from studio.sessions import owner_of
 from studio.ui import views
 from studio.ui.examples import logo_svg
 from studio.ui.lean import LeanBlocks
+from studio.ui.widgets import owner_state, run_error
 
 log = logging.getLogger("studio.app")
 
@@ -76,10 +79,11 @@ def available_tabs(modules: list[str] | None = None) -> list[Any]:
     return found
 
 
-def status_snapshot(studio: Any) -> dict[str, Any]:
-    """What the status area shows, as plain data (also served as `studio_status`)."""
+def status_snapshot(studio: Any, owner: Any = ALL) -> dict[str, Any]:
+    """What the status area shows, as plain data (also served as `studio_status`); with an
+    `owner`, another session's runs in the queue without their ids and titles."""
     m = studio.models
-    runs = studio.jobs.queue()
+    runs = views.seen_by(studio.jobs.queue(), owner)
     return {
         "device": studio.device_summary(),
         "budget": m.budget,
@@ -122,9 +126,10 @@ def model_choices(studio: Any, current: str | None) -> Any:
     return gr.update(choices=keys, value=current if current in keys else None)
 
 
-def job_choices(studio: Any, current: str | None) -> Any:
-    """The queue's Cancel dropdown: running and queued runs; a finished one is dropped."""
-    runs = studio.jobs.queue()
+def job_choices(studio: Any, current: str | None, owner: Any = ALL) -> Any:
+    """The queue's Cancel dropdown: `owner`'s running and queued runs; a finished one is
+    dropped."""
+    runs = [v for v in studio.jobs.queue() if owner is ALL or v.owner == owner]
     ids = [(f"{v.title} · {v.status}", v.id) for v in runs]
     return gr.update(choices=ids, value=current if current in [i for _, i in ids] else None)
 
@@ -146,7 +151,8 @@ def build_status(studio: Any) -> None:
             free_btn = gr.Button("Free all", variant="stop", scale=1)
         result = gr.Markdown("")
         queue = gr.Dataframe(headers=["run", "title", "status", "progress", "ETA", "note"],
-                             value=views.queue_rows(studio.jobs.queue()), interactive=False,
+                             value=views.queue_rows(studio.jobs.queue(), None),
+                             interactive=False,
                              wrap=True, label="Job queue", elem_id="studio-queue")
         with gr.Row():
             job_pick = gr.Dropdown(label="Queued or running run", choices=[], scale=3,
@@ -154,11 +160,14 @@ def build_status(studio: Any) -> None:
             job_cancel = gr.Button("Cancel run", variant="stop", scale=1)
         history = gr.Textbox(label="Model manager decisions", lines=3, interactive=False)
 
-    def refresh(current_key: str | None, current_job: str | None):
+    def refresh(current_key: str | None, current_job: str | None, secret: Any = None,
+                request: gr.Request = None):
         rows = studio.models.loaded()
+        owner = owner_of(secret, request)
         return (_budget_line(studio), views.ledger_rows(rows),
-                model_choices(studio, current_key), views.queue_rows(studio.jobs.queue()),
-                job_choices(studio, current_job), "\n".join(studio.models.history[-6:]))
+                model_choices(studio, current_key),
+                views.queue_rows(studio.jobs.queue(), owner),
+                job_choices(studio, current_job, owner), "\n".join(studio.models.history[-6:]))
 
     def unload(key: str | None):
         if not key:
@@ -179,17 +188,21 @@ def build_status(studio: Any) -> None:
             msg += f" Still in use (not unloaded): {', '.join(kept)}."
         return msg
 
-    def cancel_job(run_id: str | None):
+    def cancel_job(run_id: str | None, secret: Any = None, request: gr.Request = None):
         if not run_id:
             raise gr.Error("Pick a queued or running run to cancel.")
         try:
-            state = studio.jobs.cancel(run_id)
-        except KeyError:
-            raise gr.Error(f"Run {run_id} no longer exists.") from None
+            state = studio.jobs.cancel(run_id, owner=owner_of(secret, request))
+        except (KeyError, PermissionError) as e:
+            raise run_error(run_id, e) from None
         return f"Run {run_id}: {state}."
 
+    def own_choices(run_id: str | None, secret: Any = None, request: gr.Request = None):
+        return job_choices(studio, run_id, owner_of(secret, request))
+
+    owner = owner_state()
     outs = [budget, ledger, unload_key, queue, job_pick, history]
-    gr.Timer(2.0).tick(refresh, inputs=[unload_key, job_pick], outputs=outs,
+    gr.Timer(2.0).tick(refresh, inputs=[unload_key, job_pick, owner], outputs=outs,
                        api_visibility="private", queue=False, show_progress="hidden")
     after_unload = dict(fn=lambda key: model_choices(studio, key), inputs=[unload_key],
                         outputs=[unload_key], api_visibility="private", queue=False,
@@ -197,12 +210,17 @@ def build_status(studio: Any) -> None:
     unload_btn.click(unload, inputs=[unload_key], outputs=[result],
                      api_name="studio_unload").then(**after_unload)
     free_btn.click(free_all, outputs=[result], api_name="studio_free_all").then(**after_unload)
-    job_cancel.click(cancel_job, inputs=[job_pick], outputs=[result],
+    job_cancel.click(cancel_job, inputs=[job_pick, owner], outputs=[result],
                      api_name="studio_cancel_job").then(
-        lambda rid: job_choices(studio, rid), inputs=[job_pick], outputs=[job_pick],
+        own_choices, inputs=[job_pick, owner], outputs=[job_pick],
         api_visibility="private", queue=False, show_progress="hidden")
+
+    def snapshot(request: gr.Request = None):
+        # no secret input: a raw HTTP call sends no data; a script is its session
+        return status_snapshot(studio, owner_of(None, request))
+
     status_json = gr.JSON(visible=False)
-    gr.Button("status", visible=False).click(lambda: status_snapshot(studio), outputs=[status_json],
+    gr.Button("status", visible=False).click(snapshot, outputs=[status_json],
                                              api_name="studio_status", queue=False)
 
 
@@ -210,6 +228,9 @@ def build_app(studio: Any, tab_modules: list[str] | None = None) -> gr.Blocks:
     # a request waiting for memory (a job's, another request's) tells its own session why
     studio.models.on_wait = lambda msg: gr.Info(msg, duration=10)
     with LeanBlocks(title="OneGPU Studio") as app:  # lean /config and /info: studio/ui/lean.py
+        # the page's owner: one per page, made here outside any tab, before the tabs ask for
+        # it; its encryption key kept under the home, so a restart keeps every browser's owner
+        owner_state(key_file=studio.settings.home / "browser-state.key")
         with gr.Row(elem_id="studio-logo-row"):  # logo and styles: assets/
             gr.HTML(logo_svg(), elem_id="studio-logo", scale=0, min_width=48, container=False)
             gr.Markdown(f"# OneGPU Studio\n{studio.device_summary()}", elem_id="studio-header")

@@ -32,6 +32,7 @@ from typing import Any
 
 from studio.config import format_bytes
 from studio.jobconfig import JobConfig, setting
+from studio.jobs import ALL
 
 log = logging.getLogger("studio.hub")
 
@@ -719,18 +720,22 @@ def active_download(jobs: Any, repo: str) -> str | None:
     return None
 
 
-def submit_download(studio: Any, plan: RepoPlan, role: str = "", title: str = "") -> str:
-    """Queue the download of `plan` as a background job (after the disk check)."""
+def submit_download(studio: Any, plan: RepoPlan, role: str = "", title: str = "",
+                    owner: Any = ALL) -> str:
+    """Queue the download of `plan` as a background job (after the disk check). The files are
+    everyone's once there; the run (Cancel, resume) is `owner`'s."""
     if getattr(studio.settings, "offline", False):
         raise HubError("The studio runs --offline: it never contacts the hub. Start it without "
                        "--offline to download models.")
     running = active_download(studio.jobs, plan.repo)
     if running:
-        raise HubError(f"{plan.repo} is already downloading (run {running}).")
+        whose = f"run {running}" if studio.jobs.owns(running, owner) else \
+            "started by another session; it is there for everyone once done"
+        raise HubError(f"{plan.repo} is already downloading ({whose}).")
     need = plan.missing_bytes()
     check_disk(need, Path(plan.cache_dir), queued=queued_download_bytes(studio.jobs))
     cfg = DownloadConfig(repo=plan.repo, revision=plan.revision, files=plan.files,
                          cache_dir=plan.cache_dir, home=str(studio.settings.home), role=role)
     cfg.validate()
     return studio.jobs.submit(JOB_KIND, JOB_ENTRY, cfg.to_dict(),
-                              title=title or f"download {plan.repo}")
+                              title=title or f"download {plan.repo}", owner=owner)

@@ -30,6 +30,8 @@ from studio.reporting import EventTail
 log = logging.getLogger("studio.jobs")
 
 FINAL = ("succeeded", "failed", "cancelled", "interrupted")
+ALL: Any = object()  # the `owner` of internal callers (scheduler, recovery, benches): no filter
+NO_OWNER = "this page has no session yet; reload it"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -55,6 +57,7 @@ class RunView:
     note: str = ""  # why it waits, or how it ended
     attempts: int = 1
     run_dir: str = ""
+    owner: str | None = None  # `studio.sessions.owner_of` of who started it; None: shared
 
     @property
     def fraction(self) -> float | None:
@@ -167,11 +170,17 @@ class JobManager:
 
     def submit(self, kind: str, entry: str, config: dict[str, Any], title: str = "",
                vram_bytes: int = 0, dataset_hash: str | None = None,
-               seed: int | None = None) -> str:
-        """Queue a job. `entry` is ``"package.module:function"`` taking ``(config, report)``."""
+               seed: int | None = None, owner: Any = ALL) -> str:
+        """Queue a job. `entry` is ``"package.module:function"`` taking ``(config, report)``.
+
+        `owner` (``studio.sessions.owner_of``) is who may see, stop and use the run; left out
+        (internal callers, benches) the run is ownerless: shared and read-only in the pages.
+        An owner of None (a page without a session) is refused."""
         module, _, func = entry.partition(":")
         if not module or not func:
             raise ValueError(f"entry must look like 'package.module:function', not {entry!r}")
+        if owner is None:
+            raise ValueError(NO_OWNER)
         run_id = time.strftime("%Y%m%d-%H%M%S-") + f"{kind}-" + uuid.uuid4().hex[:6]
         d = self.run_dir(run_id)
         d.mkdir(parents=True)
@@ -180,19 +189,65 @@ class JobManager:
             "id": run_id, "kind": kind, "title": title or kind, "entry": entry,
             "status": "queued", "created": time.time(), "vram_bytes": int(vram_bytes),
             "dataset_hash": dataset_hash, "seed": seed, "attempts": 1, "note": "",
+            "owner": None if owner is ALL else str(owner),
         }
         with self._lock:
             self._write_meta(run_id, meta)
         self._tick()
         return run_id
 
-    def cancel(self, run_id: str) -> str:
+    # ----- ownership ------------------------------------------------------------------------
+    def check(self, run_id: str, owner: Any = ALL) -> dict[str, Any]:
+        """The run's meta if `owner` may see it (its own or an ownerless run); another owner's
+        run raises the same KeyError as a missing one, so others' ids are never confirmed.
+        For tab code that takes a run id from a request (any client can send any id)."""
+        meta = self._meta(run_id)
+        if owner is not ALL and meta.get("owner") not in (None, owner):
+            raise KeyError(f"no such run: {run_id}")
+        return meta
+
+    def owns(self, run_id: str, owner: Any) -> bool:
+        """`owner` may see and use the run (its own, or an ownerless one)."""
+        try:
+            self.check(run_id, owner)
+        except KeyError:
+            return False
+        return True
+
+    def check_path(self, path: Any, owner: Any = ALL, exports_dir: Any = None) -> None:
+        """A path from a request (an adapter, a LoRA, weights typed into a field) that lies in a
+        run folder, or in an export named by a run id (``exports/<tab>/<run id>/...``), is
+        usable only by that run's owner (or by all for a shared run): else the KeyError of
+        `check`. Other paths are not this manager's business."""
+        if owner is ALL:
+            return
+        p = Path(path).resolve()
+        runs = self.runs_dir.resolve()
+        if p.is_relative_to(runs) and p != runs:
+            self.check(p.relative_to(runs).parts[0], owner)
+            return
+        if exports_dir is not None:
+            ex = Path(exports_dir).resolve()
+            parts = p.relative_to(ex).parts if p.is_relative_to(ex) else ()
+            if len(parts) >= 2 and (runs / parts[1] / "run.json").is_file():
+                self.check(parts[1], owner)
+
+    def _check_change(self, run_id: str, owner: Any) -> dict[str, Any]:
+        """`check`, and an ownerless run is read-only for an owner (cancel, resume, delete)."""
+        meta = self.check(run_id, owner)
+        if owner is not ALL and meta.get("owner") is None:
+            raise PermissionError(f"run {run_id} was started outside the studio's pages; it is "
+                                  "read-only here")
+        return meta
+
+    def cancel(self, run_id: str, owner: Any = ALL) -> str:
         """Queued: dropped at once. Running: SIGTERM to the worker alone (its DataLoader workers
         and other children are the framework's to stop); it saves what it has. The grace period
         counts from the job's acknowledgement of the stop (``report.stopping()``), or from now
-        if it never acknowledges; after it the whole process group is killed."""
+        if it never acknowledges; after it the whole process group is killed. With an `owner`,
+        only that owner's run (see `_check_change`)."""
         with self._lock:
-            meta = self._meta(run_id)
+            meta = self._check_change(run_id, owner)
             if meta["status"] == "queued":
                 self._update(run_id, status="cancelled", ended=time.time(),
                              note="cancelled before it started")
@@ -213,11 +268,12 @@ class JobManager:
         started = float(self._meta(run_id).get("started") or 0)
         return self._tail(run_id).attempt_start >= started > 0
 
-    def resume(self, run_id: str) -> str:
+    def resume(self, run_id: str, owner: Any = ALL) -> str:
         """Queue a cancelled, failed or interrupted run again; it continues from its last
-        checkpoint (the job reads it with ``report.last_checkpoint()``)."""
+        checkpoint (the job reads it with ``report.last_checkpoint()``). With an `owner`, only
+        that owner's run (see `_check_change`)."""
         with self._lock:
-            meta = self._meta(run_id)
+            meta = self._check_change(run_id, owner)
             if meta["status"] not in ("cancelled", "failed", "interrupted"):
                 raise ValueError(f"run {run_id} is {meta['status']}; only a cancelled, failed or "
                                  "interrupted run can be resumed")
@@ -225,6 +281,18 @@ class JobManager:
                          cancel_requested=False, note="queued to resume", error="", ended=None)
         self._tick()
         return run_id
+
+    def delete(self, run_id: str, owner: Any = ALL) -> None:
+        """Remove a finished run's folder (a queued or running one: cancel it first). With an
+        `owner`, only that owner's run (see `_check_change`)."""
+        import shutil
+
+        with self._lock:
+            meta = self._check_change(run_id, owner)
+            if meta["status"] not in FINAL:
+                raise ValueError(f"run {run_id} is {meta['status']}; cancel it before deleting it")
+            shutil.rmtree(self.run_dir(run_id))
+            self._tails.pop(run_id, None)
 
     def _tail(self, run_id: str) -> EventTail:
         with self._lock:
@@ -234,15 +302,19 @@ class JobManager:
             tail.update()
             return tail
 
-    def view(self, run_id: str, log_lines: int = 40) -> RunView:
+    def view(self, run_id: str, log_lines: int = 40, owner: Any = ALL) -> RunView:
         """One run: its ``run.json`` plus its events, read from where the last view stopped.
-        ``log_lines=0`` reads no log."""
-        meta = self._meta(run_id)
+        ``log_lines=0`` reads no log. With an `owner`, another owner's run is a KeyError."""
+        return self._view(self.check(run_id, owner), log_lines)
+
+    def _view(self, meta: dict[str, Any], log_lines: int) -> RunView:
+        run_id = meta["id"]
         d = self.run_dir(run_id)
         v = RunView(id=run_id, kind=meta["kind"], title=meta.get("title", meta["kind"]),
                     status=meta["status"], created=meta["created"], started=meta.get("started"),
                     ended=meta.get("ended"), error=meta.get("error", ""),
-                    note=meta.get("note", ""), attempts=meta.get("attempts", 1), run_dir=str(d))
+                    note=meta.get("note", ""), attempts=meta.get("attempts", 1), run_dir=str(d),
+                    owner=meta.get("owner"))
         tail = self._tail(run_id)
         last, first = tail.last_progress, tail.first_progress
         if last is not None:
@@ -291,11 +363,14 @@ class JobManager:
                     continue
         return out
 
-    def list_runs(self, kind: str | None = None) -> list[RunView]:
-        """Every run on disk, newest first."""
+    def list_runs(self, kind: str | None = None, owner: Any = ALL) -> list[RunView]:
+        """Every run on disk, newest first; with an `owner` (a str, or None for a page with no
+        session), only that owner's runs and the ownerless (shared) ones."""
         views = []
         for meta in self._metas():
             if kind is not None and meta.get("kind") != kind:
+                continue
+            if owner is not ALL and meta.get("owner") not in (None, owner):
                 continue
             try:
                 views.append(self.view(meta["id"], log_lines=0))

@@ -27,16 +27,55 @@ never see, stop or change each other's work.
   the one registry of Stop flags for every tab that streams: a Stop reaches the caller's own
   running request in that tab and nothing else; a call without a session (a bare HTTP
   ``/run/...`` call) gets a flag no one else can reach, and its Stop does nothing.
+- **Ownership of work.** Runs (and what they make: adapters, LoRAs, weights, fine-tuned
+  models, checkpoints, knowledge bases, evaluations) belong to whoever started them. A
+  browser's owner is a random secret it keeps in one `gr.BrowserState`
+  (`OWNER_STORAGE_KEY`, `studio.ui.widgets.owner_state`), so it survives a reload and a
+  restart; on the server only ``owner_of(secret)``, a digest, is stored or compared. A caller
+  without a secret (a `gradio_client` script, which sends none) owns its work by its Gradio
+  session: one `Client` is one owner. Every listing is filtered by owner
+  (``JobManager.list_runs(owner=...)``), and every handler that takes a run id from the
+  request checks it (``JobManager.check``): another owner's run is answered exactly like a
+  missing one, so ids of others are never confirmed. Ownerless runs (made by benches, tests,
+  or before owners existed) are shared and read-only. The job queue itself stays whole (one
+  card, one order), but another session's run shows there only as "another session's run".
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 GPU_CONCURRENCY = 2  # GPU-bound handlers running at once (see the module docstring)
+OWNER_STORAGE_KEY = "studio-chat-owner"  # the browser's secret (Chat's key: saved chats stay)
+_SECRET_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def new_owner() -> str:
+    """A fresh browser secret: 32 hex characters."""
+    return secrets.token_hex(16)
+
+
+def valid_secret(secret: Any) -> bool:
+    return isinstance(secret, str) and bool(_SECRET_RE.fullmatch(secret))
+
+
+def owner_of(secret: Any, request: Any = None) -> str | None:
+    """The owner id of a caller: ``"b" + digest`` of a valid browser secret; else ``"s" +
+    digest`` of its Gradio session (a script's `Client` keeps one); None with neither.
+
+    The prefixes keep a browser and a session apart; the secret itself is never stored."""
+    if valid_secret(secret):
+        return "b" + hashlib.sha256(secret.encode()).hexdigest()[:31]
+    session = session_of(request)
+    if session:
+        return "s" + hashlib.sha256(session.encode()).hexdigest()[:31]
+    return None
 
 
 def session_of(request: Any) -> str | None:
@@ -123,9 +162,7 @@ class ConversationStore:
 
     @staticmethod
     def new_owner() -> str:
-        import secrets
-
-        return secrets.token_hex(16)
+        return new_owner()
 
     @staticmethod
     def new_id() -> str:

@@ -19,7 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +264,8 @@ def load_llm(src: ModelSource, device: str, max_context: int = DEFAULT_CONTEXT,
     decoder = StaticDecoder(model, ctx) if fast and supports_fast_decode(model) else None
     return LoadedLLM(model=model, tokenizer=tokenizer, device=device, quantization=quant,
                      max_context=ctx, eos_ids=_eos_ids(model, tokenizer), decoder=decoder,
-                     notes=notes, format=format_label(quant))
+                     notes=notes,
+                     format=getattr(model, "studio_format", None) or format_label(quant))
 
 
 class LLMSwap:
@@ -462,8 +463,8 @@ class TransformersEngine(LLMEngine):
     def __init__(self, studio, source: ModelSource, max_context: int = DEFAULT_CONTEXT,
                  fast: bool = True, adapter: str | None = None):
         self.studio = studio
-        self.source = source
         self.name = source.title or source.source
+        self.source = source = keyed_source(source, studio.probe.device)
         # what is loaded: the weights, and the context / decode path they are loaded with
         self.key = source.key + ("" if max_context == DEFAULT_CONTEXT else f":ctx{max_context}") \
             + ("" if fast else ":generate")
@@ -535,6 +536,7 @@ class TransformersEngine(LLMEngine):
                 try:
                     int4.attach_lora(llm.model, self.adapter)
                 except (OSError, ValueError, KeyError) as exc:
+                    int4.detach_lora(llm.model)  # nothing half-attached stays behind
                     raise ModelLoadError(f"Could not attach adapter {self.adapter}: {exc}") \
                         from exc
                 llm.adapter = self.adapter
@@ -549,6 +551,11 @@ class TransformersEngine(LLMEngine):
                 llm.model.load_adapter(self.adapter, adapter_name=ADAPTER_NAME)
                 llm.model.set_adapter(ADAPTER_NAME)
             except Exception as exc:
+                # whichever tab asked: the shared base answers as itself again and the next
+                # attach starts clean (PEFT refuses a name that exists)
+                remove_half_attached(llm.model)
+                if llm.decoder is not None:
+                    llm.decoder.reset_graphs()
                 raise ModelLoadError(f"Could not attach adapter {self.adapter}: {exc}") from exc
             llm.adapter = self.adapter
         if llm.decoder is not None:
@@ -673,6 +680,42 @@ def turn_events(llm: LoadedLLM, tokens: Iterator[int], stats: TurnStats, t0: flo
 
         stats.peak_vram = torch.cuda.max_memory_allocated()
     yield ChatEvent("turn", text=content, tool_calls=calls, stats=stats)
+
+
+def remove_half_attached(model: Any) -> bool:
+    """Take what PEFT injected of the studio's adapter back out of `model` after an attach
+    failed part-way (shapes of another base, a half-written folder): the base answers as itself
+    again, stays loaded once, and the next attach starts clean. True when something was
+    removed."""
+    if ADAPTER_NAME not in (getattr(model, "peft_config", None) or {}):
+        return False
+    try:
+        model.delete_adapter(ADAPTER_NAME)
+    except (ValueError, KeyError, AttributeError):  # injected only in part
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer) and ADAPTER_NAME in getattr(module, "lora_A",
+                                                                              {}):
+                module.delete_adapter(ADAPTER_NAME)
+        model.peft_config.pop(ADAPTER_NAME, None)
+    return True
+
+
+def keyed_source(src: ModelSource, device: str) -> ModelSource:
+    """`src` with "auto" replaced by what it loads as on `device`, where that is settled without
+    the hub (a .gguf, a CPU, a config on disk): the same weights asked for as "auto" by one tab
+    and as "gguf" (or fp32 on a CPU) by another are one copy in memory, not two."""
+    if src.quantization != "auto":
+        return src
+    try:
+        where, gguf_file = resolve_source(src)
+    except ModelLoadError:
+        return src
+    if not gguf_file and device == "cuda" and _config_of(where, None) is None:
+        return src  # decided when it loads (the config may need the hub)
+    planned = planned_quantization(src, device)
+    return src if planned == "auto" else replace(src, quantization=planned)
 
 
 def _adapter_folder(path: str) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import html
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from studio.config import format_bytes
-from studio.jobs import RunView
+from studio.jobs import ALL, RunView
 
 STATUS_ICON = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌",
                "cancelled": "⏹️", "interrupted": "⚠️"}
@@ -123,12 +124,26 @@ def queue_note(v: RunView, runs: list[RunView]) -> str:
     if v.note or v.status != "queued":
         return v.note
     ahead = [r for r in runs if r.status == "running" and r.id != v.id]
-    if ahead:
-        return f"waiting for the {ahead[0].title} run to finish (one job at a time)"
+    if ahead:  # another session's run (`seen_by`) has no id and names itself
+        what = f"the {ahead[0].title} run" if ahead[0].id else ahead[0].title
+        return f"waiting for {what} to finish (one job at a time)"
     return "starting"
 
 
-def queue_rows(runs: list[RunView]) -> list[list[str]]:
+def seen_by(runs: list[RunView], owner: Any = ALL) -> list[RunView]:
+    """The queue as `owner` may see it: its own and shared runs whole; another session's run
+    keeps its place, kind, status, progress and note, but not its id, title or anything of its
+    folder ("another session's <kind> run")."""
+    if owner is ALL:
+        return runs
+    return [v if v.owner in (None, owner) else
+            replace(v, id="", title=f"another session's {v.kind} run", error="", run_dir="",
+                    log_tail="", metrics=[], artifacts=[])
+            for v in runs]
+
+
+def queue_rows(runs: list[RunView], owner: Any = ALL) -> list[list[str]]:
+    runs = seen_by(runs, owner)
     return [[v.id, v.title, v.status, f"{100 * (v.fraction or 0):.0f}%",
              format_seconds(v.eta_seconds), queue_note(v, runs)] for v in runs]
 

@@ -9,11 +9,13 @@ import operator
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from studio import hub
 from studio.config import format_bytes
+from studio.jobs import ALL
 from studio.llm import GenerationSettings, LLMEngine, ModelSource, OpenAIEngine, TurnStats
 from studio.llm.engine import TransformersEngine
 
@@ -36,14 +38,20 @@ class ChatConfig:
     settings: GenerationSettings = field(default_factory=GenerationSettings)
 
 
-def engine_for(studio: Any, cfg: ChatConfig) -> LLMEngine:
-    """The engine a config asks for; local engines share the model manager's one copy."""
+def engine_for(studio: Any, cfg: ChatConfig, owner: Any = ALL) -> LLMEngine:
+    """The engine a config asks for; local engines share the model manager's one copy. A path
+    inside another owner's run or export (an adapter of theirs) is answered as a missing one."""
     if cfg.source == PROFILE:
         # a hub model not on disk says so (Models tab) instead of downloading inside the request
         return LLMEngine.from_choice(studio, hub.on_disk_choice(studio, studio.choices["chat"]))
     if cfg.source == PATH:
         if not cfg.path.strip():
             raise ValueError("Enter a hub id, a model folder or a .gguf file.")
+        try:
+            studio.jobs.check_path(Path(cfg.path.strip()).expanduser(), owner,
+                                   studio.settings.exports_dir)
+        except KeyError:
+            raise ValueError(f"{cfg.path.strip()} does not exist.") from None
         adapter = adapter_base(cfg.path.strip())
         if adapter is not None:  # a LoRA adapter folder (e.g. a QLoRA run's): base + adapter
             base, gguf = adapter
@@ -175,12 +183,12 @@ def to_engine_messages(system_prompt: str, history: list[dict]) -> list[dict]:
 
 
 def stream_reply(studio: Any, cfg: ChatConfig, history: list[dict], message: str,
-                 stop_event: threading.Event | None = None
+                 stop_event: threading.Event | None = None, owner: Any = ALL
                  ) -> Iterator[tuple[list[dict], str]]:
     """Yield (chatbot messages, stats line) as the reply streams in."""
     if not message.strip():
         raise ValueError("Type a message first.")
-    engine = engine_for(studio, cfg)
+    engine = engine_for(studio, cfg, owner)
     history = list(history) + [{"role": "user", "content": message}]
     messages = to_engine_messages(cfg.system_prompt, history)
     answer = {"role": "assistant", "content": ""}

@@ -9,10 +9,10 @@ import gradio as gr
 
 from studio.llm import GenerationSettings, LLMError, NoToolTemplate
 from studio.models import BudgetExceeded
-from studio.sessions import ConversationStore, session_of
+from studio.sessions import ConversationStore, owner_of, session_of
 from studio.ui.errors import USER_ERRORS, to_gr_error
 from studio.ui.examples import prompts
-from studio.ui.widgets import on_page_load
+from studio.ui.widgets import on_page_load, owner_state
 from tabs.chat import service
 from tabs.chat.service import PATH, PROFILE, QUANTIZATIONS, SERVER, ChatConfig
 
@@ -100,17 +100,15 @@ def build_ui(studio: Any) -> None:
                   api_visibility="private")
 
     store = ConversationStore(studio.settings.home / "chats")
-    owner = gr.BrowserState(None, storage_key="studio-chat-owner")  # this browser's secret
+    owner = owner_state()  # this browser's secret, the one of the whole page (it fills it)
     conv = gr.State(None)  # the id the current conversation is saved under
 
     def on_load(secret):
-        if not secret or not isinstance(secret, str) or len(secret) != 32:
-            secret = store.new_owner()
-        return secret, gr.update(choices=store.list(secret), value=None)
+        return gr.update(choices=store.list(secret), value=None)
 
-    on_page_load(on_load, inputs=[owner], outputs=[owner, saved])
+    on_page_load(on_load, inputs=[owner], outputs=[saved])
 
-    def turn(request: gr.Request, before: list[dict], msg: str, values):
+    def turn(request: gr.Request, before: list[dict], msg: str, values, secret=None):
         """Stream one reply to `msg` after `before`. A failure is said inside the chat (and
         as a toast), never as red overlays on the chat and the message box; the message stays
         in the box to try again."""
@@ -118,7 +116,8 @@ def build_ui(studio: Any) -> None:
             cfg = _config(*values)
             with stops.running("chat", session_of(request)) as stop_event:
                 for shown, line in service.stream_reply(studio, cfg, before, msg or "",
-                                                        stop_event):
+                                                        stop_event,
+                                                        owner_of(secret, request)):
                     yield shown, line, ""
         except Exception as e:  # noqa: BLE001 - said to the user; unexpected ones logged
             err = to_gr_error(e, "Chat")
@@ -131,7 +130,8 @@ def build_ui(studio: Any) -> None:
 
     # `request` comes first: Gradio fills a gr.Request parameter only before `*values`
     def do_send(request: gr.Request, msg: str, history: list[dict] | None, *values: Any):
-        yield from turn(request, service.without_errors(history or []), msg, values)
+        *values, secret = values  # the page's owner secret comes last (owner_state)
+        yield from turn(request, service.without_errors(history or []), msg, values, secret)
 
     def save_chat(secret, conv_id, history):
         """After each turn: the conversation saved for this browser (not its error notes)."""
@@ -148,22 +148,24 @@ def build_ui(studio: Any) -> None:
     io = dict(outputs=[chatbot, stats, message], concurrency_id="gpu")
     after = dict(fn=save_chat, inputs=[owner, conv, chatbot], outputs=[conv, saved],
                  api_visibility="private", show_progress="hidden")
-    send_args = dict(fn=do_send, inputs=[message, chatbot, *config_inputs], **io)
+    send_args = dict(fn=do_send, inputs=[message, chatbot, *config_inputs, owner], **io)
     send.click(**send_args, api_name="chat_send").then(**after)
     message.submit(**send_args, api_visibility="private").then(**after)
 
     def do_retry(request: gr.Request, retry: gr.RetryData, history, *values: Any):
+        *values, secret = values
         before, prompt = service.regenerate_from(history or [], retry.index)
-        yield from turn(request, before, prompt, values)
+        yield from turn(request, before, prompt, values, secret)
 
-    chatbot.retry(do_retry, inputs=[chatbot, *config_inputs], **io,
+    chatbot.retry(do_retry, inputs=[chatbot, *config_inputs, owner], **io,
                   api_visibility="private").then(**after)
 
     def do_edit(request: gr.Request, edit: gr.EditData, history, *values: Any):
+        *values, secret = values
         before, prompt = service.edit_from(history or [], edit.index, edit.value)
-        yield from turn(request, before, prompt, values)
+        yield from turn(request, before, prompt, values, secret)
 
-    chatbot.edit(do_edit, inputs=[chatbot, *config_inputs], **io,
+    chatbot.edit(do_edit, inputs=[chatbot, *config_inputs, owner], **io,
                  api_visibility="private").then(**after)
 
     def do_stop(request: gr.Request) -> str:

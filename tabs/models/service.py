@@ -13,6 +13,7 @@ from typing import Any
 
 from studio import hub
 from studio.config import format_bytes
+from studio.jobs import ALL
 from studio.profiles import ModelChoice
 from tabs.models.catalog import (
     CT2_FILES,
@@ -393,9 +394,10 @@ def token(studio: Any) -> hub.TokenStore:
 
 
 def download(studio: Any, role: str, text: str = "",
-             quantization: str = "auto") -> tuple[str | None, str]:
+             quantization: str = "auto", owner: Any = ALL) -> tuple[str | None, str]:
     """Check, then queue the download of the role's model: (run id or None, message). With
-    `text` (an option picked or typed that is not the current one) it is chosen first.
+    `text` (an option picked or typed that is not the current one) it is chosen first. The
+    download run is `owner`'s (``studio.sessions.owner_of``); the files are everyone's.
 
     Order of checks: offline, something to fetch, will it fit the VRAM budget (before, not
     after, the download), access (gated / token), disk space."""
@@ -429,7 +431,8 @@ def download(studio: Any, role: str, text: str = "",
     if not plan.missing():
         hub.record_download(studio.settings.home, plan)
         return None, f"{opt.title} is already on disk ({format_bytes(plan.total_bytes)})."
-    run_id = hub.submit_download(studio, plan, role=role, title=f"download {opt.title}")
+    run_id = hub.submit_download(studio, plan, role=role, title=f"download {opt.title}",
+                                 owner=owner)
     queued = len([v for v in studio.jobs.queue() if v.id != run_id])
     wait = f"; it starts after the {queued} job(s) ahead of it" if queued else ""
     return run_id, (f"Downloading {opt.title}: {format_bytes(plan.missing_bytes())} "

@@ -8,7 +8,8 @@ import gradio as gr
 from gradio.context import Context
 
 from studio import hub
-from studio.ui.widgets import job_panel
+from studio.sessions import owner_of
+from studio.ui.widgets import job_panel, owner_state
 from tabs.models import service
 from tabs.models.catalog import ROLE_TITLES, ROLES
 
@@ -98,13 +99,15 @@ def build_ui(studio: Any) -> None:
         rows, data = do_cards()
         return msg, rows, data, options_for(role_value), ""
 
-    def do_download(role_value: str, option_value: str | None, custom_text: str, q: str):
+    def do_download(role_value: str, option_value: str | None, custom_text: str, q: str,
+                    secret: Any = None, request: gr.Request = None):
         text = (custom_text or "").strip() or (option_value or "")
+        owner = owner_of(secret, request)
         try:
-            run_id, msg = service.download(studio, role_value, text, q)
+            run_id, msg = service.download(studio, role_value, text, q, owner=owner)
         except (hub.HubError, ValueError) as e:
             raise _fail(e) from None
-        picker = panel.select(run_id, studio) if run_id else gr.update()
+        picker = panel.select(run_id, studio, owner) if run_id else gr.update()
         return msg, picker, *do_cards(), options_for(role_value)
 
     def do_disk():
@@ -130,7 +133,7 @@ def build_ui(studio: Any) -> None:
     role.change(options_for, inputs=[role], outputs=[option], api_visibility="private")
     use_btn.click(do_choose, inputs=[role, option, custom, quant],
                   outputs=[message, table, cards_json, option, custom], api_name="models_choose")
-    dl_btn.click(do_download, inputs=[role, option, custom, quant],
+    dl_btn.click(do_download, inputs=[role, option, custom, quant, owner_state()],
                  outputs=[message, panel.run_picker, *card_outs, option],
                  api_name="models_download")
     save_tok.click(do_save_token, inputs=[token_box], outputs=[token_box, token_state],

@@ -18,6 +18,7 @@ QUANTIZATIONS = ("nf4", "none")  # none = plain LoRA (what CPU runs use anyway)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FUSED = ("auto", "off")
 OFFLOAD = ("auto", "on", "off")
+GGUF_TYPES = ("none", "Q8_0", "F16")  # studio.llm.gguf_export.TYPES
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,99}")
 
 
@@ -97,6 +98,10 @@ class QLoRAConfig(JobConfig):
                              "on CUDA, 4-bit matmuls included (fewer, fused kernel launches; "
                              "the first steps are slower while it compiles); off: eager",
                              choices=FUSED)
+    export_gguf: str = _f("none", "Also export GGUF for llama.cpp / Ollama", "the base with the "
+                          "adapter merged, one file: Q8_0 (about half of fp16, close to it) or "
+                          "F16 (exact); runs as a job, the file appears in its Outputs",
+                          choices=GGUF_TYPES)
 
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studio.jobs import ALL
 from studio.safety import check_model_source, stage_upload
 from tabs.qlora import dataset as data
 from tabs.qlora.config import QLoRAConfig
@@ -89,8 +90,9 @@ def estimate(studio: Any, cfg: QLoRAConfig) -> Estimate:
     return estimate_for_config(cfg, arch, studio.models.budget, is_cuda(studio))
 
 
-def submit(studio: Any, cfg: QLoRAConfig) -> str:
-    """Check data and memory up front (errors now, not minutes into a job), then queue."""
+def submit(studio: Any, cfg: QLoRAConfig, owner: Any = ALL) -> str:
+    """Check data and memory up front (errors now, not minutes into a job), then queue the run
+    for `owner` (``studio.sessions.owner_of``)."""
     from studio.jobs import hash_files
 
     cfg.validate()
@@ -113,12 +115,14 @@ def submit(studio: Any, cfg: QLoRAConfig) -> str:
         vram = est.total
     title = (f"QLoRA {Path(cfg.base_model).name} r{cfg.lora_r} on {Path(cfg.train_file).name}")
     return studio.jobs.submit(kind=KIND, entry=ENTRY, config=cfg.to_dict(), title=title,
-                              vram_bytes=vram, dataset_hash=cfg.dataset_hash, seed=cfg.seed)
+                              vram_bytes=vram, dataset_hash=cfg.dataset_hash, seed=cfg.seed,
+                              owner=owner)
 
 
-def finished_runs(studio: Any) -> list[str]:
-    """Run ids that have an adapter folder (finished or cancelled with a saved adapter)."""
-    return [v.id for v in studio.jobs.list_runs(KIND)
+def finished_runs(studio: Any, owner: Any = ALL) -> list[str]:
+    """Run ids of `owner` (and shared ones) that have an adapter folder (finished or cancelled
+    with a saved adapter)."""
+    return [v.id for v in studio.jobs.list_runs(KIND, owner=owner)
             if (Path(v.run_dir) / "adapter" / "adapter_config.json").is_file()]
 
 
@@ -154,6 +158,77 @@ def export(studio: Any, run_id: str, merge_fp16: bool = False) -> Path:
     if merge_fp16:
         merge(cfg, run_dir / "adapter", dest / "merged-fp16")
     return dest
+
+
+GGUF_ENTRY = "tabs.qlora.service:gguf_job"
+
+
+def submit_gguf(studio: Any, run_id: str, qtype: str, owner: Any = ALL) -> str:
+    """Queue the GGUF export of a run's base + adapter (merged) as a job of its own: the merge
+    and the quantization take minutes and the RAM of a model, so they leave the request. An
+    architecture the export cannot write is refused now, with the reason."""
+    from studio.llm.engine import ModelSource, resolve_source
+    from studio.llm.gguf_export import TYPES, plan_for
+
+    if qtype not in TYPES:
+        raise ValueError(f"GGUF type must be one of {', '.join(TYPES)}, not {qtype!r}")
+    run_dir, cfg = run_paths(studio, run_id)
+    where, gguf = resolve_source(ModelSource(cfg.base_model, gguf_file=cfg.gguf_file or None))
+    plan_for(where, gguf)  # ExportRefused (a ValueError) names what is not supported
+    config = {"run_id": run_id, "adapter": str(run_dir / "adapter"), "base": where,
+              "gguf_file": gguf or "", "qtype": qtype}
+    return studio.jobs.submit(kind=KIND, entry=GGUF_ENTRY, config=config, owner=owner,
+                              title=f"GGUF {qtype} of {run_id} ({Path(cfg.base_model).name})")
+
+
+def gguf_jobs(studio: Any, run_id: str, owner: Any = ALL) -> list[str]:
+    """The GGUF export runs of training run `run_id` that `owner` may see, newest first."""
+    return [v.id for v in studio.jobs.list_runs(KIND, owner=owner)
+            if v.title.startswith("GGUF ") and f" of {run_id} " in v.title]
+
+
+def gguf_job(config: dict[str, Any], report: Any) -> None:
+    """The export job: base + adapter merged, streamed tensor by tensor into
+    ``<run>/model-<type>.gguf``, an Ollama Modelfile beside it, both in the run's Outputs."""
+    from studio.config import format_bytes
+    from studio.llm.gguf_export import export_gguf
+
+    run_dir = Path(report.run_dir)
+    qtype = config["qtype"]
+    out = run_dir / f"model-{qtype.lower()}.gguf"
+    report.log(f"GGUF export ({qtype}) of run {config['run_id']}: base {config['base']}"
+               + (f" / {config['gguf_file']}" if config["gguf_file"] else ""))
+    step = {"next": 0.1}
+
+    def progress(done: int, total: int, name: str) -> None:
+        report.progress(done, total, f"tensor {done}/{total}")
+        if done / total >= step["next"] or done == total:
+            report.log(f"written {done}/{total} tensors ({done * 100 // total} %), last {name}")
+            step["next"] += 0.1
+
+    try:
+        res = export_gguf(config["base"], out, gguf_file=config["gguf_file"] or None,
+                          adapter_dir=config["adapter"], qtype=qtype, progress=progress,
+                          should_stop=report.should_stop)
+    except InterruptedError:
+        report.log("stopped: the half-written file was removed")
+        return
+    for note in res.notes:
+        report.log(note)
+    modelfile = run_dir / "Modelfile"
+    modelfile.write_text(f"FROM ./{out.name}\n")
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    report.log(f"wrote {out.name}: {format_bytes(res.size)}, {res.qtype} ({res.arch}, "
+               f"{res.tensors} tensors) in {res.seconds:.1f} s; peak RAM of this job "
+               f"{format_bytes(peak)}")
+    report.log(f"use it: llama.cpp `llama-cli -m {out.name} -cnv`; Ollama: put {out.name} and "
+               "Modelfile in one folder, then `ollama create my-model -f Modelfile` and "
+               "`ollama run my-model` (the chat template is inside the file)")
+    report.artifact(out, kind="model", label=f"GGUF {qtype}")
+    report.artifact(modelfile, kind="file", label="Ollama Modelfile")
+    report.progress(res.tensors, res.tensors, "done")
 
 
 def merge(cfg: QLoRAConfig, adapter_dir: Path, out: Path) -> Path:
@@ -202,49 +277,17 @@ def chat_engine(studio: Any, run_id: str) -> Any:
 def chat(studio: Any, run_id: str, history: list[dict], message: str,
          max_new_tokens: int = 256) -> str:
     """One reply of the base + the run's adapter to `message` after `history`."""
-    from studio.llm import GenerationSettings, LLMError
+    from studio.llm import GenerationSettings
 
     if not message.strip():
         raise ValueError("type a message")
     engine = chat_engine(studio, run_id)
     msgs = [{"role": m["role"], "content": m["content"]} for m in history] + \
         [{"role": "user", "content": message}]
-    try:
-        return engine.chat(msgs, GenerationSettings(temperature=0.0,
-                                                    max_new_tokens=max_new_tokens)).text
-    except LLMError:
-        forget_failed_adapter(studio, engine.key)
-        raise
-
-
-def forget_failed_adapter(studio: Any, key: str) -> bool:
-    """After an adapter failed to attach (shapes of another base, a half-written folder), take
-    what PEFT had injected before it failed back out of the shared base, so the base answers
-    as itself again and the next attach starts clean (PEFT refuses a name that exists: every
-    later chat failed with "Adapter with name ... already exists"). The base stays loaded once;
-    no second copy is made. True when something was removed."""
-    from studio.llm.engine import ADAPTER_NAME
-
-    if studio.models.get_loaded(key) is None:
-        return False
-    with studio.models.use(key) as llm, llm.lock:
-        model = llm.model
-        if ADAPTER_NAME not in (getattr(model, "peft_config", None) or {}):
-            return False
-        try:
-            model.delete_adapter(ADAPTER_NAME)
-        except (ValueError, KeyError, AttributeError):  # injected only in part
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            for module in model.modules():
-                if isinstance(module, BaseTunerLayer) and ADAPTER_NAME in getattr(
-                        module, "lora_A", {}):
-                    module.delete_adapter(ADAPTER_NAME)
-            model.peft_config.pop(ADAPTER_NAME, None)
-        llm.adapter = None
-        if getattr(llm, "decoder", None) is not None:
-            llm.decoder.reset_graphs()
-        return True
+    # an adapter that fails to attach is taken back out by the engine (any tab's chat), so the
+    # shared base stays one clean copy
+    return engine.chat(msgs, GenerationSettings(temperature=0.0,
+                                                max_new_tokens=max_new_tokens)).text
 
 
 def store_upload(studio: Any, path: str | None) -> str:

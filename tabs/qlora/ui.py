@@ -9,10 +9,11 @@ import gradio as gr
 
 from studio.llm import LLMError
 from studio.models import BudgetExceeded
+from studio.sessions import owner_of
 from studio.ui.examples import asset
-from studio.ui.widgets import job_panel
+from studio.ui.widgets import check_run, job_panel, owned_choices, owner_state
 from tabs.qlora import service
-from tabs.qlora.config import SCHEDULES, QLoRAConfig, default_of, help_of, label_of
+from tabs.qlora.config import GGUF_TYPES, SCHEDULES, QLoRAConfig, default_of, help_of, label_of
 from tabs.qlora.dataset import DatasetError
 
 SETTINGS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "gradient_checkpointing",
@@ -96,7 +97,8 @@ def build_ui(studio: Any) -> None:
 
     gr.Markdown("### 3. After training")
     with gr.Row():
-        run_pick = gr.Dropdown(label="Trained run", choices=service.finished_runs(studio),
+        # the page config is everyone's: shared runs only; the page's own come on load/focus
+        run_pick = gr.Dropdown(label="Trained run", choices=service.finished_runs(studio, None),
                                allow_custom_value=True, scale=3)
         compare_btn = gr.Button("Base vs adapter", scale=1)
     results_md = gr.Markdown()
@@ -108,6 +110,8 @@ def build_ui(studio: Any) -> None:
                            elem_id="qlora-samples")
     with gr.Row():
         merge = gr.Checkbox(value=False, label=label_of("merge_fp16"), info=help_of("merge_fp16"))
+        gguf_pick = gr.Radio(list(GGUF_TYPES), value=default_of("export_gguf"),
+                             label=label_of("export_gguf"), info=help_of("export_gguf"))
         export_btn = gr.Button("Export adapter")
     export_md = gr.Markdown()
     chat_tab = studio.extras.get("ui", {}).get("chat_model")
@@ -181,23 +185,28 @@ def build_ui(studio: Any) -> None:
         comp.change(do_plan, inputs=all_inputs, outputs=[plan_md], api_visibility="private",
                     show_progress="hidden")
 
-    def do_start(*values):
-        cfg = config_of(values)
+    owner_in = owner_state()  # the last input of every handler below (scripts send none)
+
+    def do_start(request: gr.Request, *values):
+        *values, secret = values
+        owner = owner_of(secret, request)
+        cfg = config_of(tuple(values))
         if not cfg.train_file:
             raise gr.Error("Upload a training file first.")
         try:
-            run_id = service.submit(studio, cfg)
+            run_id = service.submit(studio, cfg, owner=owner)
         except (DatasetError, ValueError) as e:
             raise gr.Error(str(e)) from None
         gr.Info(f"Run {run_id} queued.")
-        return panel.select(run_id, studio)
+        return panel.select(run_id, studio, owner)
 
-    start.click(do_start, inputs=all_inputs, outputs=[panel.run_picker], api_name="qlora_train")
+    start.click(do_start, inputs=[*all_inputs, owner_in], outputs=[panel.run_picker],
+                api_name="qlora_train")
 
-    run_pick.focus(lambda: gr.update(choices=service.finished_runs(studio)), outputs=[run_pick],
-                   api_visibility="private", queue=False)
+    owned_choices(run_pick, lambda owner: service.finished_runs(studio, owner))
 
-    def do_compare(run_id):
+    def do_compare(run_id, secret=None, request: gr.Request = None):
+        check_run(studio, run_id, owner_of(secret, request))
         try:
             rows, res = service.samples_table(studio, run_id)
         except (ValueError, KeyError) as e:
@@ -206,25 +215,43 @@ def build_ui(studio: Any) -> None:
                 f"{res.get('eval_loss')}, perplexity {res.get('eval_ppl')}")
         return text, rows
 
-    compare_btn.click(do_compare, inputs=[run_pick], outputs=[results_md, samples],
+    compare_btn.click(do_compare, inputs=[run_pick, owner_in], outputs=[results_md, samples],
                       api_name="qlora_compare")
 
-    def do_export(run_id, merge_fp16):
+    def do_export(run_id, merge_fp16, gguf_type="none", secret=None,
+                  request: gr.Request = None):
+        owner = owner_of(secret, request)
+        check_run(studio, run_id, owner)
         try:
             dest = service.export(studio, run_id, bool(merge_fp16))
         except (ValueError, KeyError, OSError) as e:
             raise gr.Error(str(e)) from None
         text = f"Exported to `{dest}` (adapter safetensors + RUN_CARD.md)"
         if merge_fp16:
-            text += (f"  \nMerged fp16 model: `{dest / 'merged-fp16'}`. For Ollama or "
-                     "llama.cpp, convert it with llama.cpp's converter (not bundled): "
-                     f"`python convert_hf_to_gguf.py {dest / 'merged-fp16'} --outtype f16`.")
+            text += f"  \nMerged fp16 model: `{dest / 'merged-fp16'}`."
+        if gguf_type and gguf_type != "none":
+            try:  # a model the export cannot write says why; the adapter export above stands
+                job = service.submit_gguf(studio, run_id, gguf_type, owner=owner)
+            except (ValueError, KeyError, OSError) as e:
+                text += f"  \n⚠️ **No GGUF export:** {e}"
+            else:
+                text += (f"  \nGGUF {gguf_type} export queued as run `{job}`: follow it in the "
+                         "job panel above; its Outputs offer the .gguf and an Ollama Modelfile.")
         return text
 
-    export_btn.click(do_export, inputs=[run_pick, merge], outputs=[export_md],
-                     api_name="qlora_export", concurrency_id="gpu")
+    def show_gguf_job(run_id, gguf_type, secret=None, request: gr.Request = None):
+        """After Export: the job panel shows the GGUF export just queued, if one was."""
+        owner = owner_of(secret, request)
+        jobs = service.gguf_jobs(studio, run_id, owner) if gguf_type != "none" else []
+        return panel.select(jobs[0], studio, owner) if jobs else gr.skip()
 
-    def do_chat(run_id, message, history):
+    export_btn.click(do_export, inputs=[run_pick, merge, gguf_pick, owner_in],
+                     outputs=[export_md], api_name="qlora_export", concurrency_id="gpu"
+                     ).success(show_gguf_job, inputs=[run_pick, gguf_pick, owner_in],
+                               outputs=[panel.run_picker], api_visibility="private")
+
+    def do_chat(run_id, message, history, secret=None, request: gr.Request = None):
+        check_run(studio, run_id, owner_of(secret, request))  # another's adapter: "No run"
         history = list(history or [])
         try:
             reply = service.chat(studio, run_id, history, message or "")
@@ -234,7 +261,7 @@ def build_ui(studio: Any) -> None:
                     {"role": "assistant", "content": reply}]
         return history, ""
 
-    send.click(do_chat, inputs=[run_pick, msg, chatbot], outputs=[chatbot, msg],
+    send.click(do_chat, inputs=[run_pick, msg, chatbot, owner_in], outputs=[chatbot, msg],
                api_name="qlora_chat", concurrency_id="gpu")
 
     if chat_tab is not None:  # one click: the Chat tab, pointed at base + this adapter
@@ -242,7 +269,8 @@ def build_ui(studio: Any) -> None:
 
         tab_set = studio.extras["ui"].get("tabs")
 
-        def do_to_chat(run_id):
+        def do_to_chat(run_id, secret=None, request: gr.Request = None):
+            check_run(studio, run_id, owner_of(secret, request))
             try:
                 run_dir, _ = service.run_paths(studio, run_id)
             except ValueError as e:
@@ -250,8 +278,8 @@ def build_ui(studio: Any) -> None:
             out = [PATH, str(run_dir / "adapter")]
             return out + ([gr.Tabs(selected="tabs.chat")] if tab_set is not None else [])
 
-        to_chat.click(do_to_chat, inputs=[run_pick],
+        to_chat.click(do_to_chat, inputs=[run_pick, owner_in],
                       outputs=list(chat_tab) + ([tab_set] if tab_set is not None else []),
                       api_visibility="private")
-    msg.submit(do_chat, inputs=[run_pick, msg, chatbot], outputs=[chatbot, msg],
+    msg.submit(do_chat, inputs=[run_pick, msg, chatbot, owner_in], outputs=[chatbot, msg],
                api_visibility="private", concurrency_id="gpu")

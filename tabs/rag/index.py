@@ -156,8 +156,10 @@ class KnowledgeBase:
     """One named collection of sources. Writes are serialized by this knowledge base's own lock
     (another knowledge base never waits for it); reads are not locked."""
 
-    def __init__(self, name: str, root: Path, client: Any, embedder: str):
+    def __init__(self, name: str, root: Path, client: Any, embedder: str,
+                 owner: str | None = None):
         self.name = check_kb_name(name)
+        self.owner = owner  # None: a shared knowledge base (see RagService)
         self.dir = Path(root) / self.name
         self.client = client
         self._lock = threading.RLock()
@@ -170,8 +172,9 @@ class KnowledgeBase:
         (self.dir / "texts").mkdir(exist_ok=True)
         self.manifest = self._read_manifest(embedder)
         self.collection = client.get_or_create_collection(
-            f"rag-{self.name}-v1", embedding_function=None,
-            configuration={"hnsw": {"space": "cosine"}}, metadata={"kb": self.name})
+            collection_name(self.name, owner), embedding_function=None,
+            configuration={"hnsw": {"space": "cosine"}},
+            metadata={"kb": self.name, "owner": owner or ""})
         self.last_repair: CheckReport | None = None
         if self._journal.exists():  # the last write did not finish: make the store agree
             self.last_repair = self.check(repair=True)
@@ -186,7 +189,7 @@ class KnowledgeBase:
             m["sources"] = {p: SourceRecord(**r) for p, r in m["sources"].items()}
             return m
         m = {"name": self.name, "embedder": embedder, "version": 0, "created": time.time(),
-             "sources": {}}
+             "owner": self.owner, "sources": {}}
         self._write_manifest(m)
         return m
 
@@ -551,6 +554,15 @@ def _write_durably(path: Path, text: str, fsync: bool = True) -> None:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def collection_name(name: str, owner: str | None) -> str:
+    """The Chroma collection of a knowledge base. Two owners may each have one called "notes",
+    and Chroma names are at most 63 characters: an owner's collection is named by a digest of
+    (owner, name); a shared one keeps the name it always had."""
+    if not owner:
+        return f"rag-{name}-v1"
+    return f"rag-o{hashlib.sha256(f'{owner}/{name}'.encode()).hexdigest()[:32]}-v1"
 
 
 def list_kbs(root: Path) -> list[str]:

@@ -8,6 +8,7 @@ evaluates. Models (embedder, reranker, chat) all go through ``studio.models``.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from studio.jobs import FINAL
+from studio.jobs import ALL, FINAL
 from studio.models import BudgetExceeded
 from studio.safety import check_model_source, stage_uploads
 from tabs.rag import ingest as ingest_mod
@@ -50,6 +51,13 @@ from tabs.rag.loaders import resolve_folder
 from tabs.rag.retrieval import SearchResult, search
 
 SOURCE_HEADERS = ["path", "kind", "status", "chunks", "lines", "size", "reason"]
+# An owner's knowledge bases live in <root>/_owners/<owner>/<name>: "_owners" can never be a
+# knowledge base's own name (names start with a letter or a digit).
+OWNERS_DIR = "_owners"
+OWNER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NO_SESSION = "this page has no session yet; reload it"
+READ_ONLY = ("knowledge base {name!r} is shared (made outside the studio's pages): it can be "
+             "searched and asked here, not changed; create a knowledge base of your own")
 WARM_TEXT = "what did I write about the garden, the server port and the deploy pipeline"
 
 
@@ -106,44 +114,79 @@ class RagService:
             raise ValueError(f"no embedding model is available: {note or 'set one up first'}")
         return choice.source, choice.title
 
-    def list_kbs(self) -> list[str]:
-        return list_kbs(self.root)
+    # Ownership: every method takes `owner`, the page's owner id (studio.sessions.owner_of).
+    # An owner sees and changes its own knowledge bases and reads the shared ones (made at the
+    # service level by a script or a bench, or before owners existed), which no page changes.
+    # Another owner's knowledge base is "No knowledge base 'x'.", as a missing one is. None is a
+    # page without a session: the shared ones, read-only. ALL (the default) is the studio itself
+    # (service-level scripts, benches, tests): the shared knowledge bases, every right.
+    def _folder(self, owner: str | None) -> Path:
+        """Where `owner`'s knowledge bases live (None: the shared ones)."""
+        if owner is None:
+            return self.root
+        if not OWNER_ID.match(str(owner)):
+            raise ValueError(NO_SESSION)
+        return self.root / OWNERS_DIR / owner
 
-    def create_kb(self, name: str) -> KnowledgeBase:
-        name = check_kb_name(name)
+    def list_kbs(self, owner: Any = ALL) -> list[str]:
+        """The knowledge bases `owner` may pick: its own, then the shared ones."""
+        shared = list_kbs(self.root)
+        if owner is ALL or owner is None:
+            return shared
+        own = list_kbs(self._folder(owner))
+        return own + [n for n in shared if n not in own]
+
+    def _open(self, owner: str | None, name: str) -> KnowledgeBase:
         with self._lock:
-            if name in self.list_kbs():
-                return self.kb(name)
+            kb = self._kbs.get((owner, name))
+            if kb is None:
+                kb = self._kbs[(owner, name)] = KnowledgeBase(
+                    name, self._folder(owner), self.client, embedder="", owner=owner)
+        return kb
+
+    def create_kb(self, name: str, *, owner: Any = ALL) -> KnowledgeBase:
+        name = check_kb_name(name)
+        if owner is None:
+            raise ValueError(NO_SESSION)
+        key = None if owner is ALL else owner
+        with self._lock:
+            if name in list_kbs(self._folder(key)):
+                return self._open(key, name)
+            if key is not None and name in list_kbs(self.root):
+                raise ValueError(f"{name!r} is the name of a shared knowledge base; pick "
+                                 "another name for yours")
             source, title = self.embedder_choice()
-            kb = KnowledgeBase(name, self.root, self.client, embedder=title)
+            kb = KnowledgeBase(name, self._folder(key), self.client, embedder=title, owner=key)
             kb.manifest["embedder_source"] = source
             kb._write_manifest()
-            self._kbs[name] = kb
+            self._kbs[(key, name)] = kb
             return kb
 
-    def kb(self, name: str | None) -> KnowledgeBase:
+    def kb(self, name: str | None, *, owner: Any = ALL, write: bool = False) -> KnowledgeBase:
+        """The knowledge base `owner` means by `name`: its own, else a shared one (refused
+        when `write`: a page never changes a shared knowledge base)."""
         if not name:
             raise ValueError("pick or create a knowledge base first")
         name = check_kb_name(name)
-        with self._lock:
-            kb = self._kbs.get(name)
-            if kb is None:
-                if name not in self.list_kbs():
-                    raise ValueError(f"no knowledge base named {name!r}; create it first")
-                kb = self._kbs[name] = KnowledgeBase(name, self.root, self.client, embedder="")
-        return kb
+        if owner is not ALL and owner is not None and name in list_kbs(self._folder(owner)):
+            return self._open(owner, name)
+        if name not in list_kbs(self.root):
+            raise ValueError(f"No knowledge base {name!r}.")
+        if write and owner is not ALL:
+            raise ValueError(READ_ONLY.format(name=name) if owner else NO_SESSION)
+        return self._open(None, name)
 
-    def check(self, kb_name: str, repair: bool = True) -> CheckReport:
+    def check(self, kb_name: str, repair: bool = True, *, owner: Any = ALL) -> CheckReport:
         """"Check and repair": make the vector store and the lexical index agree with the
         sources table (orphan chunks removed, sources with missing chunks marked to ingest
         again)."""
-        return self.kb(kb_name).check(repair=repair)
+        return self.kb(kb_name, owner=owner, write=repair).check(repair=repair)
 
-    def delete_kb(self, name: str) -> None:
-        kb = self.kb(name)
+    def delete_kb(self, name: str, *, owner: Any = ALL) -> None:
+        kb = self.kb(name, owner=owner, write=True)
         with self._lock:
             kb.drop()
-            self._kbs.pop(kb.name, None)
+            self._kbs.pop((kb.owner, kb.name), None)
 
     # ----- models ---------------------------------------------------------------------------------
     def _on_disk(self, source: str, what: str) -> str:
@@ -248,10 +291,13 @@ class RagService:
     # ----- ingest ---------------------------------------------------------------------------------
     def ingest(self, kb_name: str, paths: list[str] | None = None, folder: str | None = None,
                background: bool | None = None,
-               progress: Callable[[int, int, str], None] | None = None) -> IngestResult:
+               progress: Callable[[int, int, str], None] | None = None, *,
+               owner: Any = ALL) -> IngestResult:
         """Index uploaded files/zips and/or a folder under the studio home. Big inputs (or
-        background=True) go to a job; the result then says which run to watch."""
-        kb = self.create_kb(kb_name) if kb_name not in self.list_kbs() else self.kb(kb_name)
+        background=True) go to a job; the result then says which run to watch. A name that
+        is not one of `owner`'s knowledge bases makes one."""
+        kb = self.kb(kb_name, owner=owner, write=True) if kb_name in self.list_kbs(owner) \
+            else self.create_kb(kb_name, owner=owner)
         # Staged by content with distinct names: two notes.md from different folders are both
         # indexed (notes.md and notes-<hash>.md), the same file twice once.
         paths = [str(p) for p in stage_uploads([p for p in (paths or []) if p],
@@ -317,7 +363,7 @@ class RagService:
                 target = dest / Path(p).name
                 shutil.copyfile(p, target)
                 staged.append(str(target))
-        config = {"kb": kb.name, "kb_dir": str(kb.dir), "paths": staged,
+        config = {"kb": kb.name, "kb_owner": kb.owner, "kb_dir": str(kb.dir), "paths": staged,
                   "folder": str(root) if root else None,
                   "folder_prefix": f"{root.name}/" if root else None,
                   "embedder": source, "limits": asdict(self.limits)}
@@ -325,7 +371,8 @@ class RagService:
         what = root.name if root else f"{len(staged)} file(s)"
         return self.studio.jobs.submit(kind=KIND, entry="tabs.rag.ingest:run", config=config,
                                        title=f"RAG ingest {what} → {kb.name}",
-                                       vram_bytes=512 * 1024**2 if cuda else 0)
+                                       vram_bytes=512 * 1024**2 if cuda else 0,
+                                       owner=kb.owner or ALL)  # the KB owner's run
 
     def _apply_loop(self) -> None:
         while not self.studio.jobs.stopped:
@@ -338,8 +385,9 @@ class RagService:
 
                 logging.getLogger("studio.rag").exception("storing an ingest result failed")
 
-    def pending_jobs(self, kb_name: str | None = None) -> list[str]:
-        """Finished ingest runs whose result is not stored yet."""
+    def pending_jobs(self, kb_name: str | None = None, *, owner: Any = ALL) -> list[str]:
+        """Finished ingest runs whose result is not stored yet (of one knowledge base: `kb_name`
+        of `owner`, None for a shared one)."""
         out = []
         for d in sorted(Path(self.settings.runs_dir).glob(f"*-{KIND}-*")):
             out_dir = d / "ingest"
@@ -350,16 +398,19 @@ class RagService:
                 config = json.loads((d / "config.json").read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            if meta.get("status") in FINAL and (not kb_name or config.get("kb") == kb_name):
+            mine = not kb_name or (config.get("kb") == kb_name and
+                                   config.get("kb_owner") == (None if owner is ALL else owner))
+            if meta.get("status") in FINAL and mine:
                 out.append(d.name)
         return out
 
-    def sync_jobs(self, kb_name: str | None = None) -> list[IngestResult]:
+    def sync_jobs(self, kb_name: str | None = None, *, owner: Any = ALL
+                  ) -> list[IngestResult]:
         """Store the results of finished ingest jobs (once each). Runs in the service's
         background thread; a script or test may call it to store them now. Only the knowledge
         base being written waits (its own lock)."""
         applied = []
-        for run_id in self.pending_jobs(kb_name):
+        for run_id in self.pending_jobs(kb_name, owner=owner):
             d = Path(self.settings.runs_dir) / run_id
             out = d / "ingest"
             with self._lock:
@@ -368,9 +419,10 @@ class RagService:
                 self._applying.add(run_id)
             try:
                 config = json.loads((d / "config.json").read_text())
-                if config["kb"] not in self.list_kbs():
+                kb_owner = config.get("kb_owner")  # the knowledge base the job was for
+                if config["kb"] not in list_kbs(self._folder(kb_owner)):
                     continue
-                kb = self.kb(config["kb"])
+                kb = self._open(kb_owner, config["kb"])
                 with kb.batch():
                     if (out / "applied.json").exists():
                         continue
@@ -387,27 +439,29 @@ class RagService:
         return applied
 
     # ----- sources --------------------------------------------------------------------------------
-    def sources(self, kb_name: str) -> list[SourceRecord]:
-        return self.kb(kb_name).sources()
+    def sources(self, kb_name: str, *, owner: Any = ALL) -> list[SourceRecord]:
+        return self.kb(kb_name, owner=owner).sources()
 
-    def source_rows(self, kb_name: str) -> list[list[Any]]:
+    def source_rows(self, kb_name: str, *, owner: Any = ALL) -> list[list[Any]]:
         from studio.config import format_bytes
 
         return [[r.path, r.kind, r.status, r.chunks, r.lines, format_bytes(r.size) if r.size
-                 else "", r.reason] for r in self.sources(kb_name)]
+                 else "", r.reason] for r in self.sources(kb_name, owner=owner)]
 
-    def delete_source(self, kb_name: str, path: str) -> SourceRecord:
+    def delete_source(self, kb_name: str, path: str, *, owner: Any = ALL) -> SourceRecord:
+        kb = self.kb(kb_name, owner=owner, write=True)
         if not path:
             raise ValueError("pick a source to delete")
-        return self.kb(kb_name).delete_source(path)
+        return kb.delete_source(path)
 
-    def read_source(self, kb_name: str, path: str, start: int, end: int) -> str:
-        return self.kb(kb_name).read_lines(path, start, end)
+    def read_source(self, kb_name: str, path: str, start: int, end: int, *,
+                    owner: Any = ALL) -> str:
+        return self.kb(kb_name, owner=owner).read_lines(path, start, end)
 
     # ----- retrieve and answer -------------------------------------------------------------------
-    def search(self, kb_name: str, query: str, cfg: RetrievalConfig | None = None
-               ) -> SearchResult:
-        kb = self.kb(kb_name)
+    def search(self, kb_name: str, query: str, cfg: RetrievalConfig | None = None, *,
+               owner: Any = ALL) -> SearchResult:
+        kb = self.kb(kb_name, owner=owner)
         cfg = cfg or RetrievalConfig()
         rerank = self._rerank_fn() if cfg.rerank else None
         if cfg.rerank and rerank is None:
@@ -415,13 +469,13 @@ class RagService:
         with torch_threads(self.query_threads):
             return search(kb, query, cfg, lambda q: self.encode(kb, [q])[0], rerank)
 
-    def warm(self, kb_name: str) -> dict[str, float]:
+    def warm(self, kb_name: str, *, owner: Any = ALL) -> dict[str, float]:
         """Make the first question on a knowledge base as fast as the next ones: load its BM25
         index, touch Chroma's vector index, and load and run the embedder (and the reranker,
         when one is set) once. The first question on a 100k-chunk knowledge base from a fresh
         app took 7 s cold and under 0.1 s after this. Cheap when already warm (one small
         query). Returns each step's milliseconds."""
-        kb = self.kb(kb_name)
+        kb = self.kb(kb_name, owner=owner)
         took: dict[str, float] = {}
         t0 = time.perf_counter()
         kb.bm25()
@@ -442,34 +496,39 @@ class RagService:
 
     def answer_stream(self, kb_name: str, question: str, history: list[dict[str, Any]] | None,
                       rcfg: RetrievalConfig | None = None, acfg: AnswerConfig | None = None,
-                      stop_event: threading.Event | None = None) -> Iterator[AnswerEvent]:
+                      stop_event: threading.Event | None = None, *,
+                      owner: Any = ALL) -> Iterator[AnswerEvent]:
         if not (question or "").strip():
             raise ValueError("ask a question first")
-        self.kb(kb_name)
+        self.kb(kb_name, owner=owner)
         rcfg = rcfg or RetrievalConfig()
         return answer_stream(self.chat_engine(), question, history or [],
-                             lambda q: self.search(kb_name, q, rcfg),
-                             lambda p, s, e: self.read_source(kb_name, p, s, e),
+                             lambda q: self.search(kb_name, q, rcfg, owner=owner),
+                             lambda p, s, e: self.read_source(kb_name, p, s, e, owner=owner),
                              acfg or AnswerConfig(), stop_event)
 
     def answer(self, kb_name: str, question: str, history: list[dict[str, Any]] | None = None,
-               rcfg: RetrievalConfig | None = None, acfg: AnswerConfig | None = None) -> Answer:
+               rcfg: RetrievalConfig | None = None, acfg: AnswerConfig | None = None, *,
+               owner: Any = ALL) -> Answer:
         final = None
-        for ev in self.answer_stream(kb_name, question, history, rcfg, acfg):
+        for ev in self.answer_stream(kb_name, question, history, rcfg, acfg, owner=owner):
             if ev.kind == "done":
                 final = ev.answer
         assert final is not None
         return final
 
     # ----- evaluation -----------------------------------------------------------------------------
-    def eval_dir(self, kb_name: str) -> Path:
-        return self.kb(kb_name).dir / "evals"
+    # Evaluation runs live in the knowledge base's folder: they are its owner's (a shared
+    # knowledge base is evaluated at the service level only, as it is changed only there).
+    def eval_dir(self, kb_name: str, *, owner: Any = ALL, write: bool = False) -> Path:
+        return self.kb(kb_name, owner=owner, write=write).dir / "evals"
 
-    def generate_qa(self, kb_name: str, n: int = 10, seed: int = 0) -> tuple[list[QAItem], Path]:
+    def generate_qa(self, kb_name: str, n: int = 10, seed: int = 0, *,
+                    owner: Any = ALL) -> tuple[list[QAItem], Path]:
         """Questions written by the LLM from sampled chunks; saved as JSONL to review."""
         from studio.llm import GenerationSettings
 
-        kb = self.kb(kb_name)
+        kb = self.kb(kb_name, owner=owner, write=True)
         got = kb.collection.get(include=["documents", "metadatas"], limit=500)
         chunks = [(m["path"], d) for d, m in zip(got["documents"], got["metadatas"], strict=True)]
         if not chunks:
@@ -478,29 +537,30 @@ class RagService:
         gen = GenerationSettings(max_new_tokens=96, temperature=0.0, seed=seed)
         items = generate_qa(lambda p: engine.chat([{"role": "user", "content": p}], gen).text,
                             chunks, n, seed)
-        path = self.eval_dir(kb_name) / f"qa-generated-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        path = kb.dir / "evals" / f"qa-generated-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(qa_jsonl(items))
         return items, path
 
     def evaluate(self, kb_name: str, qa_path: str | None = None, generate_n: int = 0,
                  k: int = 3, answers: bool = False,
-                 progress: Callable[[int, int, str], None] | None = None) -> EvalRun:
+                 progress: Callable[[int, int, str], None] | None = None, *,
+                 owner: Any = ALL) -> EvalRun:
         """Run an evaluation from an uploaded JSONL QA set, or `generate_n` generated questions,
         and save it."""
-        self.kb(kb_name)
+        evals = self.eval_dir(kb_name, owner=owner, write=True)
         read_notes: list[str] = []
         if qa_path:
             text = Path(qa_path).read_text(encoding="utf-8")
             items, read_notes = parse_qa(text)
             origin = Path(qa_path).name
             # the set as used, next to the run (a re-upload of a fixed file is a new run)
-            saved = self.eval_dir(kb_name) / f"qa-uploaded-{time.strftime('%Y%m%d-%H%M%S')}-" \
+            saved = evals / f"qa-uploaded-{time.strftime('%Y%m%d-%H%M%S')}-" \
                 f"{Path(qa_path).stem[:40]}.jsonl"
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_text(qa_jsonl(items))
         elif generate_n > 0:
-            items, saved = self.generate_qa(kb_name, generate_n)
+            items, saved = self.generate_qa(kb_name, generate_n, owner=owner)
             origin = f"generated by the LLM ({saved.name})"
         else:
             raise ValueError("upload a QA set (JSONL) or ask for generated questions")
@@ -509,13 +569,13 @@ class RagService:
         answer_fn = None
         if answers:
             rcfg = RetrievalConfig(top_k=k, hybrid=True, rerank=rerank_ok)
-            answer_fn = lambda q: self.answer(kb_name, q, None, rcfg)  # noqa: E731
-        run = evaluate(items, lambda cfg: (lambda q: self.search(kb_name, q, cfg)), k, rerank_ok,
-                       answer_fn, best, progress, origin)
+            answer_fn = lambda q: self.answer(kb_name, q, None, rcfg, owner=owner)  # noqa: E731
+        run = evaluate(items, lambda cfg: (lambda q: self.search(kb_name, q, cfg, owner=owner)),
+                       k, rerank_ok, answer_fn, best, progress, origin)
         run.notes = read_notes + run.notes
         run.qa_file = str(saved)
-        save_run(self.eval_dir(kb_name), run)
+        save_run(evals, run)
         return run
 
-    def eval_runs(self, kb_name: str) -> list[EvalRun]:
-        return load_runs(self.eval_dir(kb_name))
+    def eval_runs(self, kb_name: str, *, owner: Any = ALL) -> list[EvalRun]:
+        return load_runs(self.eval_dir(kb_name, owner=owner))

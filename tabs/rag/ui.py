@@ -20,9 +20,9 @@ import pandas as pd
 
 from studio.llm import LLMError
 from studio.models import BudgetExceeded
-from studio.sessions import session_of
+from studio.sessions import owner_of, session_of
 from studio.ui.examples import assets_in
-from studio.ui.widgets import fill_on_load, job_panel, on_page_load
+from studio.ui.widgets import fill_on_load, job_panel, on_page_load, owner_state
 from tabs.rag.answer import RELATED_FOOTER, SOURCES_FOOTER, link_citations
 from tabs.rag.config import KIND, AnswerConfig, RetrievalConfig
 from tabs.rag.evaluation import QUESTION_HEADERS, chart_rows, question_rows, rows_table
@@ -92,21 +92,21 @@ def _ingest_md(res: IngestResult) -> str:
     return "".join(lines) + "."
 
 
-def _sources_update(svc: RagService, kb: str | None) -> tuple[Any, Any]:
-    """The sources table and the delete picker's choices for `kb`."""
-    if not kb or kb not in svc.list_kbs():
+def _sources_update(svc: RagService, kb: str | None, owner: str | None) -> tuple[Any, Any]:
+    """The sources table and the delete picker's choices for `owner`'s `kb`."""
+    if not kb or kb not in svc.list_kbs(owner):
         return pd.DataFrame(columns=SOURCE_HEADERS), gr.update(choices=[], value=None)
-    rows = svc.source_rows(kb)
+    rows = svc.source_rows(kb, owner=owner)
     return (pd.DataFrame(rows, columns=SOURCE_HEADERS),
             gr.update(choices=[r[0] for r in rows], value=None))
 
 
-def _eval_outputs(svc: RagService, kb: str | None) -> tuple[Any, ...]:
+def _eval_outputs(svc: RagService, kb: str | None, owner: str | None) -> tuple[Any, ...]:
     """Latest run's table, bars, per-question results and QA file; hit@k across runs."""
     empty = pd.DataFrame(columns=EVAL_HEADERS)
-    if not kb or kb not in svc.list_kbs():
+    if not kb or kb not in svc.list_kbs(owner):
         return empty, None, None, pd.DataFrame(columns=QUESTION_HEADERS), None
-    runs = svc.eval_runs(kb)
+    runs = svc.eval_runs(kb, owner=owner)
     if not runs:
         return empty, None, None, pd.DataFrame(columns=QUESTION_HEADERS), None
     latest = runs[-1]
@@ -132,8 +132,9 @@ def fill_on_load_reranker(switch: Any, source_box: Any, svc: RagService) -> None
 def build_ui(studio: Any) -> None:
     """The tab's widgets and handlers; called inside ``with gr.Tab(TITLE):``."""
     svc = get_service(studio)
-    kbs = svc.list_kbs()
+    kbs = svc.list_kbs(None)  # the shared ones: the page is built once for every session
     rerank_ok, rerank_note = svc.reranker_status()
+    owner = owner_state()  # every handler names its owner: knowledge bases are per owner
 
     gr.Markdown("Ask questions about your own notes, docs and code. Answers cite the passages "
                 "they come from; when nothing relevant is found the answer says so.")
@@ -254,21 +255,25 @@ def build_ui(studio: Any) -> None:
                                         title="hit@k across runs", height=300, y_lim=[0, 1])
 
     # ----- handlers ---------------------------------------------------------------------------
-    def create(name: str):
+    def create(name: str, secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
         try:
-            created = svc.create_kb(name)
+            created = svc.create_kb(name, owner=who)
         except ValueError as e:
             raise _err(e) from None
-        return gr.update(choices=svc.list_kbs(), value=created.name), ""
+        return gr.update(choices=svc.list_kbs(who), value=created.name), ""
 
-    def kb_changed(name: str | None):
-        table, picker = _sources_update(svc, name)
-        return (table, picker, *_eval_outputs(svc, name))
+    def kb_changed(name: str | None, secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
+        table, picker = _sources_update(svc, name, who)
+        return (table, picker, *_eval_outputs(svc, name, who))
 
     eval_outputs = [eval_table, eval_bars, eval_hist, eval_items, eval_qa]
 
     def ingest(name: str | None, paths: list[str] | None, folder_text: str, how: str,
+               secret: str | None = None, request: gr.Request = None,
                progress=gr.Progress()):  # noqa: B008
+        who = owner_of(secret, request)
         if not name:
             raise gr.Error("Pick or name a knowledge base first.")
         background = {"auto": None, "now": False, "job": True}.get(how)
@@ -277,55 +282,64 @@ def build_ui(studio: Any) -> None:
             progress((done, total), desc=msg)
 
         try:
-            res = svc.ingest(name, paths or [], folder_text, background, report)
+            res = svc.ingest(name, paths or [], folder_text, background, report, owner=who)
         except (ValueError, BudgetExceeded) as e:
             raise _err(e) from None
-        table, picker = _sources_update(svc, name)
+        table, picker = _sources_update(svc, name, who)
         skipped = pd.DataFrame(res.skipped, columns=["file", "reason skipped"])
-        run_update = panel.select(res.run_id, studio) if res.run_id else gr.update()
+        run_update = panel.select(res.run_id, studio, who) if res.run_id else gr.update()
         return (_ingest_md(res), skipped, table, picker, run_update,
-                gr.update(choices=svc.list_kbs(), value=name))
+                gr.update(choices=svc.list_kbs(who), value=name))
 
-    def warm(name: str | None) -> None:
+    def warm(name: str | None, secret: str | None = None, request: gr.Request = None) -> None:
         """Load the knowledge base's indexes and models before the question is asked (from
         disk only: a model that is not there is skipped, never fetched)."""
-        if not name or name not in svc.list_kbs():
+        who = owner_of(secret, request)
+        if not name or name not in svc.list_kbs(who):
             return
         try:
-            svc.warm(name)
+            svc.warm(name, owner=who)
         except Exception:  # noqa: BLE001 - opportunistic: asking shows the error where it belongs
             log.debug("warming %s failed", name, exc_info=True)
 
-    def list_sources(name: str | None):
+    def list_sources(name: str | None, secret: str | None = None,
+                     request: gr.Request = None):
+        who = owner_of(secret, request)
         try:
-            return _sources_update(svc, name)[0]
+            svc.kb(name, owner=who)  # a name that is not the caller's is refused, not empty
+            return _sources_update(svc, name, who)[0]
         except ValueError as e:
             raise _err(e) from None
 
-    def delete_source(name: str | None, path: str | None):
+    def delete_source(name: str | None, path: str | None, secret: str | None = None,
+                      request: gr.Request = None):
+        who = owner_of(secret, request)
         try:
-            rec = svc.delete_source(name, path or "")
+            rec = svc.delete_source(name, path or "", owner=who)
         except ValueError as e:
             raise _err(e) from None
-        table, picker = _sources_update(svc, name)
+        table, picker = _sources_update(svc, name, who)
         return f"Deleted **{rec.path}** ({rec.chunks} chunks).", table, picker
 
-    def poll_jobs(name: str | None, seen: Any):
+    def poll_jobs(name: str | None, seen: Any, secret: str | None = None,
+                  request: gr.Request = None):
         """Finished ingests are stored by the service's own thread; this only refreshes the
         table, and sends nothing while the knowledge base is unchanged."""
-        if not name or name not in svc.list_kbs():
+        who = owner_of(secret, request)
+        if not name or name not in svc.list_kbs(who):
             return gr.skip(), gr.skip(), seen
-        version = svc.kb(name).version
+        version = svc.kb(name, owner=who).version
         if version == seen:
             return gr.skip(), gr.skip(), seen
-        return (*_sources_update(svc, name), version)
+        return (*_sources_update(svc, name, who), version)
 
-    def check_repair(name: str | None):
+    def check_repair(name: str | None, secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
         try:
-            rep = svc.check(name or "", repair=True)
+            rep = svc.check(name or "", repair=True, owner=who)
         except ValueError as e:
             raise _err(e) from None
-        table, picker = _sources_update(svc, name)
+        table, picker = _sources_update(svc, name, who)
         return rep.summary(), table, picker
 
     def set_reranker(source: str):
@@ -339,9 +353,10 @@ def build_ui(studio: Any) -> None:
     def rcfg(k: float, hyb: bool, rr: bool) -> RetrievalConfig:
         return RetrievalConfig(top_k=int(k), hybrid=bool(hyb), rerank=bool(rr))
 
-    def search_only(name: str | None, q: str, k: float, hyb: bool, rr: bool):
+    def search_only(name: str | None, q: str, k: float, hyb: bool, rr: bool,
+                    secret: str | None = None, request: gr.Request = None):
         try:
-            res = svc.search(name, q, rcfg(k, hyb, rr))
+            res = svc.search(name, q, rcfg(k, hyb, rr), owner=owner_of(secret, request))
         except (ValueError, BudgetExceeded) as e:
             raise _err(e) from None
         data = {"query": res.query, "timings_ms": res.timings_ms,
@@ -350,19 +365,21 @@ def build_ui(studio: Any) -> None:
 
     def ask(name: str | None, q: str, history: list[dict[str, Any]] | None, k: float,
             hyb: bool, rr: bool, use_tools: bool, max_tokens: float, temp: float,
-            request: gr.Request = None) -> Iterator[tuple[Any, ...]]:
+            secret: str | None = None, request: gr.Request = None
+            ) -> Iterator[tuple[Any, ...]]:
         if not (q or "").strip():
             raise gr.Error("Type a question first.")
         with studio.stops.running("rag", session_of(request)) as stop:
             yield from answer(name, q, list(history or []), k, hyb, rr, use_tools,
-                              max_tokens, temp, stop)
+                              max_tokens, temp, stop, owner_of(secret, request))
 
     def answer(name, q, history, k, hyb, rr, use_tools, max_tokens, temp,
-               stop: threading.Event) -> Iterator[tuple[Any, ...]]:
+               stop: threading.Event, who: str | None) -> Iterator[tuple[Any, ...]]:
         acfg = AnswerConfig(max_new_tokens=int(max_tokens), temperature=float(temp),
                             use_tools=bool(use_tools))
         try:
-            events = svc.answer_stream(name, q, history, rcfg(k, hyb, rr), acfg, stop)
+            events = svc.answer_stream(name, q, history, rcfg(k, hyb, rr), acfg, stop,
+                                       owner=who)
         except (ValueError, BudgetExceeded, LLMError) as e:
             raise _err(e) from None
         chat = history + [{"role": "user", "content": q}]
@@ -401,59 +418,77 @@ def build_ui(studio: Any) -> None:
         studio.stops.stop("rag", session_of(request))  # only this session's own answer
 
     def run_eval(name: str | None, qa: str | None, n: float, k: float, with_answers: bool,
+                 secret: str | None = None, request: gr.Request = None,
                  progress=gr.Progress()):  # noqa: B008
+        who = owner_of(secret, request)
+
         def report(done: int, total: int, msg: str) -> None:
             progress((done, total), desc=msg)
 
         try:
-            run = svc.evaluate(name, qa, int(n or 0), int(k), bool(with_answers), report)
+            run = svc.evaluate(name, qa, int(n or 0), int(k), bool(with_answers), report,
+                               owner=who)
         except (ValueError, BudgetExceeded, LLMError) as e:
             raise _err(e) from None
         scored = max((r.n for r in run.rows), default=0)
         md = (f"Run **{run.id}**: {len(run.items)} questions ({run.qa_source}), {scored} with "
               f"an expected source, k={run.k}. " + " ".join(run.notes))
-        return (md, *_eval_outputs(svc, name))
+        return (md, *_eval_outputs(svc, name, who))
 
     # ----- wiring -----------------------------------------------------------------------------
-    create_btn.click(create, inputs=[new_name], outputs=[kb, new_name], api_name="rag_create_kb")
-    # After a page (re)load the browser's selection is gone: show the knowledge bases as they
-    # are now with one selected (Ask never starts from an empty selector), and the reranker
-    # switch as it is now (set since the page was built, or gone from disk).
-    fill_on_load(kb, svc.list_kbs)
+    # The owner's secret is the last input of every handler, with a default: scripts call the
+    # endpoints with the arguments they always had (their owner is their session).
+    create_btn.click(create, inputs=[new_name, owner], outputs=[kb, new_name],
+                     api_name="rag_create_kb")
+
+    def kb_choices(secret: str | None = None, request: gr.Request = None):
+        return gr.update(choices=svc.list_kbs(owner_of(secret, request)))
+
+    def sources_now(name: str | None, secret: str | None = None, request: gr.Request = None):
+        return _sources_update(svc, name, owner_of(secret, request))
+
+    def evals_now(name: str | None, secret: str | None = None, request: gr.Request = None):
+        return _eval_outputs(svc, name, owner_of(secret, request))
+
+    # After a page (re)load the browser's selection is gone: show the caller's knowledge bases
+    # as they are now with one selected (Ask never starts from an empty selector), and the
+    # reranker switch as it is now (set since the page was built, or gone from disk).
+    fill_on_load(kb, svc.list_kbs, owned=True)
     fill_on_load_reranker(rerank, reranker_dir, svc)
-    kb.focus(lambda: gr.update(choices=svc.list_kbs()), outputs=[kb],  # made elsewhere
-             api_visibility="private", queue=False)
+    kb.focus(kb_choices, inputs=[owner], outputs=[kb], api_visibility="private", queue=False)
     # The tables follow the knowledge base, also when a tab is opened (another session, a job,
     # or a reload may have changed them since the page was built).
-    sources_tab.select(lambda name: _sources_update(svc, name), inputs=[kb],
-                       outputs=[sources_df, del_path], api_visibility="private")
-    eval_tab.select(lambda name: _eval_outputs(svc, name), inputs=[kb],
-                    outputs=eval_outputs, api_visibility="private")
-    kb.change(kb_changed, inputs=[kb], outputs=[sources_df, del_path, *eval_outputs],
+    sources_tab.select(sources_now, inputs=[kb, owner], outputs=[sources_df, del_path],
+                       api_visibility="private")
+    eval_tab.select(evals_now, inputs=[kb, owner], outputs=eval_outputs,
+                    api_visibility="private")
+    kb.change(kb_changed, inputs=[kb, owner], outputs=[sources_df, del_path, *eval_outputs],
               api_visibility="private")
     # A cold first question on a big knowledge base took seconds (models, BM25, Chroma's
     # index); warm when one is picked and when the question box is entered.
     for trigger in (kb.change, question.focus):
-        trigger(warm, inputs=[kb], api_visibility="private", concurrency_id="gpu",
+        trigger(warm, inputs=[kb, owner], api_visibility="private", concurrency_id="gpu",
                 show_progress="hidden", trigger_mode="once")
-    ingest_btn.click(ingest, inputs=[kb, files, folder, mode],
+    ingest_btn.click(ingest, inputs=[kb, files, folder, mode, owner],
                      outputs=[ingest_md, skipped_df, sources_df, del_path, panel.run_picker, kb],
                      api_name="rag_ingest", concurrency_id="gpu")
-    refresh_btn.click(list_sources, inputs=[kb], outputs=[sources_df], api_name="rag_sources")
-    del_btn.click(delete_source, inputs=[kb, del_path], outputs=[del_md, sources_df, del_path],
-                  api_name="rag_delete_source")
+    refresh_btn.click(list_sources, inputs=[kb, owner], outputs=[sources_df],
+                      api_name="rag_sources")
+    del_btn.click(delete_source, inputs=[kb, del_path, owner],
+                  outputs=[del_md, sources_df, del_path], api_name="rag_delete_source")
     seen_version = gr.State(None)
-    gr.Timer(3.0).tick(poll_jobs, inputs=[kb, seen_version],
+    gr.Timer(3.0).tick(poll_jobs, inputs=[kb, seen_version, owner],
                        outputs=[sources_df, del_path, seen_version],
                        api_visibility="private", show_progress="hidden")
-    repair_btn.click(check_repair, inputs=[kb], outputs=[del_md, sources_df, del_path],
+    repair_btn.click(check_repair, inputs=[kb, owner], outputs=[del_md, sources_df, del_path],
                      api_name="rag_repair")
     reranker_btn.click(set_reranker, inputs=[reranker_dir], outputs=[rerank],
                        api_name="rag_set_reranker")
-    search_btn.click(search_only, inputs=[kb, question, top_k, hybrid, rerank],
+    search_btn.click(search_only, inputs=[kb, question, top_k, hybrid, rerank, owner],
                      outputs=[panel_html, answer_json], api_name="rag_search",
                      concurrency_id="gpu")
-    ask_inputs = [kb, question, chatbot, top_k, hybrid, rerank, tools, max_new, temperature]
+    ask_inputs = [kb, question, chatbot, top_k, hybrid, rerank, tools, max_new, temperature,
+                  owner]
     ask_outputs = [chatbot, question, panel_html, answer_json]
     ask_btn.click(ask, inputs=ask_inputs, outputs=ask_outputs, api_name="rag_ask",
                   concurrency_id="gpu")
@@ -462,6 +497,6 @@ def build_ui(studio: Any) -> None:
     stop_btn.click(stop_answer, api_name="rag_stop", queue=False)
     clear_btn.click(lambda: ([], EMPTY_SOURCES, None), outputs=[chatbot, panel_html, answer_json],
                     api_visibility="private", queue=False)
-    eval_btn.click(run_eval, inputs=[kb, qa_file, gen_n, eval_k, eval_answers],
+    eval_btn.click(run_eval, inputs=[kb, qa_file, gen_n, eval_k, eval_answers, owner],
                    outputs=[eval_md, *eval_outputs], api_name="rag_eval",
                    concurrency_id="gpu")

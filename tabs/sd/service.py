@@ -3,12 +3,14 @@ list LoRAs and base models. Paths all live under the studio home."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from studio.jobs import ALL
 from studio.safety import extract_budget, path_under
 from tabs.sd import lora_io, single_file
 from tabs.sd.config import SDTrainConfig, TrainEstimate, estimate_training, steps_for_epochs
@@ -18,38 +20,78 @@ from tabs.sd.train import check_trainable_base
 KIND = "sd"
 ENTRY = "tabs.sd.train:run"
 
+# Ownership (studio.sessions.owner_of): every function below takes `owner`. An owner's prepared
+# datasets and LoRAs live in folders of its own; it uses those and the shared ones (made at the
+# service level, or before owners existed), and changes only its own. Another owner's folder
+# or LoRA is answered as a missing one. ALL (the default) is the studio itself: the shared
+# folders, every right.
+OWNERS_DIR = "_owners"  # prepared datasets: <uploads>/sd/_owners/<owner>/...
+OWNER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NO_SESSION = "this page has no session yet; reload it"
 
-def prepared_root(studio: Any) -> Path:
-    """Where prepared datasets live; caption edits and training only take folders in here."""
+
+def _owner_part(owner: Any) -> str | None:
+    """The folder name of `owner` (None for ALL: the shared folders)."""
+    if owner is ALL:
+        return None
+    if owner is None or not OWNER_ID.match(str(owner)):
+        raise ValueError(NO_SESSION)
+    return str(owner)
+
+
+def prepared_root(studio: Any, owner: Any = ALL) -> Path:
+    """Where `owner`'s prepared datasets live (ALL: the shared ones, and every owner's folder
+    below); caption edits and training only take folders in here."""
     root = Path(studio.settings.uploads_dir) / "sd"
+    part = _owner_part(owner)
+    if part is not None:
+        root = root / OWNERS_DIR / part
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
-def prepared_folder(studio: Any, folder: str | Path) -> Path:
+def prepared_folder(studio: Any, folder: str | Path, owner: Any = ALL,
+                    write: bool = False) -> Path:
     """A prepared dataset folder given by the UI or a script, refused outside `prepared_root`
-    (so no caption save or training run touches a folder elsewhere on the disk)."""
-    return path_under(prepared_root(studio), folder, label="Prepared dataset folder",
+    (so no caption save or training run touches a folder elsewhere on the disk) and inside
+    another owner's folder; a shared one is read-only for an owner (`write`)."""
+    root = Path(studio.settings.uploads_dir) / "sd"
+    path = path_under(prepared_root(studio), folder, label="Prepared dataset folder",
                       must_exist=True)
+    if owner is ALL:
+        return path
+    rel = path.relative_to(root.resolve()).parts
+    if rel[:1] == (OWNERS_DIR,):
+        if rel[1:2] != (_owner_part(owner),):
+            raise ValueError(f"No prepared dataset folder {str(folder)[:200]!r}.")
+    elif write:
+        raise ValueError("that prepared dataset is shared (made outside the studio's pages): "
+                         "it can be trained on, not changed; prepare your own")
+    return path
 
 
-def save_captions(studio: Any, folder: str | Path,
-                  captions: dict[str, str]) -> tuple[PreparedDataset, int]:
+def save_captions(studio: Any, folder: str | Path, captions: dict[str, str],
+                  owner: Any = ALL) -> tuple[PreparedDataset, int]:
     """Write edited captions; returns the dataset and how many changed."""
-    return update_captions(prepared_folder(studio, folder), captions)
+    return update_captions(prepared_folder(studio, folder, owner, write=True), captions)
 
 
-def lora_library(studio: Any) -> Path:
-    """Where finished LoRAs are copied; the Generate tab lists this folder."""
-    return studio.settings.exports_dir / "sd_loras"
+def lora_library(studio: Any, owner: Any = ALL) -> Path:
+    """Where finished LoRAs are copied; the Generate tab lists this folder. The shared library
+    is ``exports/sd_loras`` (listed with its subfolders), an owner's ``exports/sd_loras_owned/
+    <owner>`` (outside it: never listed for another)."""
+    part = _owner_part(owner)
+    if part is None:
+        return studio.settings.exports_dir / "sd_loras"
+    return studio.settings.exports_dir / "sd_loras_owned" / part
 
 
 def prepare(studio: Any, files: list[str], size: int, instance_prompt: str,
-            buckets: bool = False, crop: str = "center") -> PreparedDataset:
+            buckets: bool = False, crop: str = "center", owner: Any = ALL) -> PreparedDataset:
     if not files:
         raise ValueError("upload images (or a zip) first")
     # One new folder per preparation: two in the same second never share (or delete) one.
-    out = Path(tempfile.mkdtemp(dir=prepared_root(studio),
+    out = Path(tempfile.mkdtemp(dir=prepared_root(studio, owner),
                                 prefix=time.strftime("%Y%m%d-%H%M%S-")))
     ds = prepare_dataset([Path(f) for f in files], out, size=size,
                          instance_prompt=instance_prompt, buckets=buckets, crop=crop,
@@ -59,9 +101,11 @@ def prepare(studio: Any, files: list[str], size: int, instance_prompt: str,
     return ds
 
 
-def complete_config(studio: Any, cfg: SDTrainConfig) -> tuple[SDTrainConfig, TrainEstimate]:
-    """Fill in the studio's folders and turn "auto" checkpointing into the budget's answer."""
-    cfg.lora_library = cfg.lora_library or str(lora_library(studio))
+def complete_config(studio: Any, cfg: SDTrainConfig,
+                    owner: Any = ALL) -> tuple[SDTrainConfig, TrainEstimate]:
+    """Fill in the studio's folders (the LoRA goes to `owner`'s library) and turn "auto"
+    checkpointing into the budget's answer."""
+    cfg.lora_library = cfg.lora_library or str(lora_library(studio, owner))
     cfg.class_cache = cfg.class_cache or str(studio.settings.cache_dir / "sd_class_images")
     est = estimate_training(cfg, studio.models.budget)
     if cfg.gradient_checkpointing == "auto":
@@ -70,15 +114,16 @@ def complete_config(studio: Any, cfg: SDTrainConfig) -> tuple[SDTrainConfig, Tra
     return cfg, est
 
 
-def submit_training(studio: Any, cfg: SDTrainConfig) -> str:
-    """Check the dataset and the memory, then queue the job. Returns the run id."""
+def submit_training(studio: Any, cfg: SDTrainConfig, owner: Any = ALL) -> str:
+    """Check the dataset and the memory, then queue the job, `owner`'s. Returns the run id."""
+    folder = prepared_folder(studio, cfg.dataset_dir, owner)  # another's: refused first
     check_trainable_base(cfg.base_model)
     # not on disk: the Models tab says so now; on disk: the job loads that folder, offline
     local = resolve_base(studio, cfg.base_model, "sd15")
     cfg.base_model_path = local if local != cfg.base_model.strip() else ""
     if single_file.is_single_file(cfg.base_model):  # fail now, not in the job, when offline
         single_file.resolve_config(cfg.base_model, cfg.single_file_config)
-    ds = load_dataset(prepared_folder(studio, cfg.dataset_dir))
+    ds = load_dataset(folder)
     if cfg.class_images_dir:
         cfg.class_images_dir = str(path_under(studio.settings.home, cfg.class_images_dir,
                                               label="Your own class images", must_exist=True))
@@ -86,7 +131,7 @@ def submit_training(studio: Any, cfg: SDTrainConfig) -> str:
     if cfg.epochs > 0:
         cfg.max_steps = steps_for_epochs(cfg.epochs, len(ds.items), cfg.batch_size,
                                          cfg.grad_accumulation)
-    cfg, est = complete_config(studio, cfg)
+    cfg, est = complete_config(studio, cfg, owner)
     cuda = studio.probe.device == "cuda"
     if cuda and not est.fits:
         raise ValueError("this will not fit: " + est.describe() +
@@ -96,17 +141,41 @@ def submit_training(studio: Any, cfg: SDTrainConfig) -> str:
              f"{len(ds.items)} img)")
     return studio.jobs.submit(kind=KIND, entry=ENTRY, config=cfg.to_dict(), title=title,
                               vram_bytes=est.total if cuda else 0,
-                              dataset_hash=cfg.dataset_hash, seed=cfg.seed)
+                              dataset_hash=cfg.dataset_hash, seed=cfg.seed, owner=owner)
 
 
-def list_loras(studio: Any) -> list[tuple[str, str]]:
-    """(label, path) of every LoRA in the library, newest first."""
+def list_loras(studio: Any, owner: Any = ALL) -> list[tuple[str, str]]:
+    """(label, path) of `owner`'s LoRAs and the shared ones, newest first."""
     out = []
-    for p in lora_io.list_loras(lora_library(studio)):
+    folders = [lora_library(studio)] + ([] if owner is ALL or owner is None
+                                        else [lora_library(studio, owner)])
+    for p in lora_io.list_loras(*folders):
         info = lora_io.read_info(p)
         extra = f" — r{info.rank}, {', '.join(info.trigger_words)}" if info else ""
         out.append((f"{p.stem}{extra}", str(p)))
     return out
+
+
+def check_lora(studio: Any, path: str, owner: Any = ALL) -> str:
+    """A LoRA path from the request: another owner's (its library, or a run folder of its) is
+    "No LoRA 'x'.", as a missing one; the caller's own, shared ones and files elsewhere on the
+    disk are as they were."""
+    if owner is ALL:
+        return path
+    p = Path(path).expanduser().resolve()
+    mine = None if owner is None else lora_library(studio, owner).resolve()
+    owned = (studio.settings.exports_dir / "sd_loras_owned").resolve()
+    runs = Path(studio.settings.runs_dir).resolve()
+    if p.is_relative_to(owned):
+        allowed = mine is not None and p.is_relative_to(mine)
+    elif p.is_relative_to(runs):
+        rel = p.relative_to(runs).parts
+        allowed = bool(rel) and studio.jobs.owns(rel[0], owner)
+    else:
+        allowed = True
+    if not allowed:
+        raise ValueError(f"No LoRA {Path(path).name!r}.")
+    return path
 
 
 ROLE = {"sd15": "sd", "sdxl": "sdxl"}
@@ -234,7 +303,7 @@ def resolve_base(studio: Any, text: str, arch: str) -> str:
                          format_bytes(hint) if hint else "")
 
 
-def demo_setup(studio: Any) -> PreparedDataset:
+def demo_setup(studio: Any, owner: Any = ALL) -> PreparedDataset:
     """The CPU demo: the tiny random SD 1.5 (built once) and four generated 48 px images
     prepared at 32 px, so train -> generate runs on a CPU in minutes."""
     import numpy as np
@@ -253,7 +322,7 @@ def demo_setup(studio: Any) -> PreparedDataset:
             tmp.rename(base)
         except OSError:  # another request built it at the same time: keep that one
             shutil.rmtree(tmp, ignore_errors=True)
-    src = Path(tempfile.mkdtemp(dir=prepared_root(studio), prefix=".demo-src-"))
+    src = Path(tempfile.mkdtemp(dir=prepared_root(studio, owner), prefix=".demo-src-"))
     files = []
     for i, (bg, fg) in enumerate([((240, 220, 180), (200, 40, 40)),
                                   ((180, 210, 240), (30, 90, 200)),
@@ -264,7 +333,7 @@ def demo_setup(studio: Any) -> PreparedDataset:
         path = src / f"demo_{i}.png"
         im.save(path)
         files.append(path)
-    out = Path(tempfile.mkdtemp(dir=prepared_root(studio),
+    out = Path(tempfile.mkdtemp(dir=prepared_root(studio, owner),
                                 prefix=time.strftime("%Y%m%d-%H%M%S-demo-")))
     ds = prepare_dataset(files, out, size=32, instance_prompt="a drawing of sks ball",
                          min_side=16)
@@ -272,12 +341,12 @@ def demo_setup(studio: Any) -> PreparedDataset:
     return ds
 
 
-def sample_images(studio: Any, run_id: str | None) -> list[tuple[str, str]]:
-    """(path, caption) of a run's sample images, newest last, for the gallery."""
+def sample_images(studio: Any, run_id: str | None, owner: Any = ALL) -> list[tuple[str, str]]:
+    """(path, caption) of a run's sample images (a run `owner` may see), newest last."""
     if not run_id:
         return []
     try:
-        v = studio.jobs.view(run_id, log_lines=0)
+        v = studio.jobs.view(run_id, log_lines=0, owner=owner)
     except KeyError:
         return []
     return [(a["path"], a["label"]) for a in v.artifacts if a["kind"] == "image"]

@@ -8,9 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from studio.sessions import session_of
+from studio.sessions import owner_of, session_of
 from studio.ui.examples import prompts
-from studio.ui.widgets import fill_on_load, job_panel, on_page_load
+from studio.ui.widgets import fill_on_load, job_panel, on_page_load, owner_state
 from tabs.sd import service
 from tabs.sd.config import LR_SCHEDULES, SDTrainConfig
 from tabs.sd.dataset import load_dataset
@@ -60,9 +60,9 @@ def _wire_demo(studio: Any, train: dict[str, Any], gen: dict[str, Any]) -> None:
     that train in minutes on a CPU, filled into both the Train and the Generate tab (the
     resolution slider stays: the job trains at the size the dataset was prepared at)."""
 
-    def do_demo():
+    def do_demo(secret: str | None = None, request: gr.Request = None):
         try:
-            ds = service.demo_setup(studio)
+            ds = service.demo_setup(studio, owner_of(secret, request))
         except Exception as e:  # building the tiny model needs diffusers: say what failed
             raise gr.Error(f"The CPU demo could not be set up: {type(e).__name__}: {e}") from None
         base = str(service.demo_dir(studio))
@@ -78,7 +78,7 @@ def _wire_demo(studio: Any, train: dict[str, Any], gen: dict[str, Any]) -> None:
 
     t, g = train, gen
     t["demo_btn"].click(
-        do_demo,
+        do_demo, inputs=[owner_state()],
         outputs=[t["dataset_dir"], t["prep_report"], t["preview"], t["captions"], t["base"],
                  t["base_note"], t["steps"], t["rank"], t["alpha"], t["lr"],
                  t["precision"], t["adam8"], t["gc"], t["sample_every"], t["sample_prompts"],
@@ -205,10 +205,14 @@ def _train_tab(studio: Any) -> dict[str, Any]:
                          elem_id="sd-samples")
     timer = gr.Timer(3.0)
 
-    def do_prepare(files, instance, size, buckets=False, crop="center"):
+    owner = owner_state()  # the last input of every handler: datasets, runs, LoRAs are per owner
+
+    def do_prepare(files, instance, size, buckets=False, crop="center",
+                   secret: str | None = None, request: gr.Request = None):
         try:
             ds = service.prepare(studio, files or [], int(size), instance or "",
-                                 buckets=bool(buckets), crop=crop or "center")
+                                 buckets=bool(buckets), crop=crop or "center",
+                                 owner=owner_of(secret, request))
         except ValueError as e:
             raise gr.Error(str(e)) from None
         for w in ds.warnings:
@@ -216,23 +220,24 @@ def _train_tab(studio: Any) -> dict[str, Any]:
         return str(ds.folder), ds.report().replace("\n", "  \n"), _preview(ds), \
             _captions_frame(str(ds.folder))
 
-    prep_btn.click(do_prepare, inputs=[files, instance, size, buckets, crop],
+    prep_btn.click(do_prepare, inputs=[files, instance, size, buckets, crop, owner],
                    outputs=[dataset_dir, prep_report, preview, captions], api_name="sd_prepare")
 
-    def do_save_captions(folder, frame):
+    def do_save_captions(folder, frame, secret: str | None = None, request: gr.Request = None):
         if not folder:
             raise gr.Error("Prepare a dataset first.")
         rows = frame.values.tolist() if hasattr(frame, "values") else frame
         edits = {str(r[0]): r[2] for r in rows if r and str(r[0]).strip()}
         try:
-            ds, changed = service.save_captions(studio, folder, edits)
+            ds, changed = service.save_captions(studio, folder, edits,
+                                                owner_of(secret, request))
         except ValueError as e:
             raise gr.Error(str(e)) from None
         n = len(edits)
         gr.Info(f"Saved {n} caption{'s' if n != 1 else ''} ({changed} changed).")
         return _preview(ds)
 
-    save_caps.click(do_save_captions, inputs=[dataset_dir, captions], outputs=[preview],
+    save_caps.click(do_save_captions, inputs=[dataset_dir, captions, owner], outputs=[preview],
                     api_name="sd_save_captions")
 
     # new settings go at the end: scripts call sd_train/sd_estimate with positional values
@@ -274,23 +279,33 @@ def _train_tab(studio: Any) -> dict[str, Any]:
             raise gr.Error(str(e)) from None
         return cfg
 
-    def do_fit(*values):
-        cfg, est = service.complete_config(studio, to_config(list(values)))
+    # gr.Request first: Gradio fills it only before *values; the owner's secret comes last
+    def do_fit(request: gr.Request, *values):
+        *values, secret = values
+        cfg, est = service.complete_config(studio, to_config(list(values)),
+                                           owner_of(secret, request))
         return est.describe()
 
-    fit_btn.click(do_fit, inputs=settings, outputs=[fit_md], api_name="sd_estimate")
+    fit_btn.click(do_fit, inputs=[*settings, owner], outputs=[fit_md], api_name="sd_estimate")
 
-    def do_start(*values):
+    def do_start(request: gr.Request, *values):
+        *values, secret = values
+        who = owner_of(secret, request)
         try:
-            run_id = service.submit_training(studio, to_config(list(values)))
+            run_id = service.submit_training(studio, to_config(list(values)), who)
         except ValueError as e:
             raise gr.Error(str(e)) from None
         gr.Info(f"Training queued: {run_id}")
-        return panel.select(run_id, studio)
+        return panel.select(run_id, studio, who)
 
-    start.click(do_start, inputs=settings, outputs=[panel.run_picker], api_name="sd_train")
-    timer.tick(lambda rid: service.sample_images(studio, rid), inputs=[panel.run_picker],
-               outputs=[samples], api_visibility="private", show_progress="hidden", queue=False)
+    start.click(do_start, inputs=[*settings, owner], outputs=[panel.run_picker],
+                api_name="sd_train")
+
+    def samples_of(run_id: str | None, secret: str | None = None, request: gr.Request = None):
+        return service.sample_images(studio, run_id, owner_of(secret, request))
+
+    timer.tick(samples_of, inputs=[panel.run_picker, owner], outputs=[samples],
+               api_visibility="private", show_progress="hidden", queue=False)
     return {"dataset_dir": dataset_dir, "prep_report": prep_report, "preview": preview,
             "captions": captions, "base": base, "base_note": base_note, "size": size,
             "steps": steps, "rank": rank, "alpha": alpha, "lr": lr, "precision": precision,
@@ -326,7 +341,10 @@ def _generate_tab(studio: Any) -> dict[str, Any]:
             with gr.Accordion("LoRAs", open=True):
                 for i in range(LORA_SLOTS):
                     with gr.Row():
-                        lora_boxes.append(gr.Dropdown(service.list_loras(studio), value=None,
+                        # built once for every visitor: the shared LoRAs; focus lists the
+                        # caller's own too
+                        lora_boxes.append(gr.Dropdown(service.list_loras(studio, None),
+                                                      value=None,
                                                       label=f"LoRA {i + 1}", scale=3,
                                                       allow_custom_value=True))
                         strengths.append(gr.Slider(-1, 2, value=1.0, step=0.05,
@@ -339,12 +357,15 @@ def _generate_tab(studio: Any) -> dict[str, Any]:
                                  columns=2, height=560, format="png", elem_id="sd-images")
             plan_md = gr.Markdown()
 
-    def refresh_loras():
-        choices = service.list_loras(studio)
+    owner = owner_state()
+
+    def refresh_loras(secret: str | None = None, request: gr.Request = None):
+        choices = service.list_loras(studio, owner_of(secret, request))
         return [gr.update(choices=choices) for _ in range(LORA_SLOTS)]
 
     for box in lora_boxes:
-        box.focus(refresh_loras, outputs=lora_boxes, api_visibility="private", queue=False)
+        box.focus(refresh_loras, inputs=[owner], outputs=lora_boxes, api_visibility="private",
+                  queue=False)
     def on_arch(a):
         options = service.base_options(studio, a)
         return (gr.update(choices=options, value=options[0][1] if options else None),
@@ -354,10 +375,14 @@ def _generate_tab(studio: Any) -> dict[str, Any]:
                 queue=False)
 
     def do_generate(arch_v, base_v, prompt_v, neg_v, steps_v, guid_v, seed_v, w_v, h_v, b_v,
-                    sched_v, lora1, lora2, lora3, str1, str2, str3, sfc_v="",
+                    sched_v, lora1, lora2, lora3, str1, str2, str3, sfc_v="", secret=None,
                     request: gr.Request = None, progress=gr.Progress()):  # noqa: B008
-        loras = [LoraChoice(p, float(s)) for p, s in
-                 ((lora1, str1), (lora2, str2), (lora3, str3)) if p]
+        who = owner_of(secret, request)
+        try:  # another session's LoRA is refused as a missing one
+            loras = [LoraChoice(service.check_lora(studio, p, who), float(s)) for p, s in
+                     ((lora1, str1), (lora2, str2), (lora3, str3)) if p]
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
         if not (base_v or "").strip():
             raise gr.Error("Choose a base model (hub id, local folder or .safetensors file).")
         req = GenerateRequest(base=base_v.strip(), arch=arch_v, prompt=prompt_v or "",
@@ -381,7 +406,7 @@ def _generate_tab(studio: Any) -> dict[str, Any]:
 
     go.click(do_generate,
              inputs=[arch, base, prompt, negative, steps, guidance, seed, width, height, batch,
-                     scheduler, *lora_boxes, *strengths, sf_config],
+                     scheduler, *lora_boxes, *strengths, sf_config, owner],
              outputs=[gallery, plan_md], api_name="sd_generate", concurrency_id="gpu")
 
     def do_stop(request: gr.Request):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from studio import safety
-from studio.jobs import hash_files
+from studio.jobs import ALL, hash_files
 from studio.models import ModelSpec, PinnedSwap
 from tabs.tinygpt import data as D
 from tabs.tinygpt.config import TinyGPTConfig
@@ -85,14 +85,17 @@ def run_title(cfg: TinyGPTConfig) -> str:
             + (f" {cfg.vocab_size}" if cfg.tokenizer == "bpe" else ""))
 
 
-def submit_training(studio: Any, cfg: TinyGPTConfig, upload: str | Path | None = None) -> str:
-    """Check the settings, then queue the job; returns the run id."""
+def submit_training(studio: Any, cfg: TinyGPTConfig, upload: str | Path | None = None,
+                    owner: Any = ALL) -> str:
+    """Check the settings, then queue the job, `owner`'s (studio.sessions.owner_of); returns
+    the run id."""
     cfg = resolve_corpus(cfg, studio.settings.home, upload)
     if cfg.device == "cuda" and studio.device != "cuda":
         raise ValueError("this machine has no CUDA GPU; pick the device 'auto' or 'cpu'")
     vram = estimate_train_bytes(cfg) if studio.device == "cuda" and cfg.device != "cpu" else 0
     return studio.jobs.submit(kind=KIND, entry=ENTRY, config=cfg.to_dict(), title=run_title(cfg),
-                              vram_bytes=vram, dataset_hash=dataset_hash(cfg), seed=cfg.seed)
+                              vram_bytes=vram, dataset_hash=dataset_hash(cfg), seed=cfg.seed,
+                              owner=owner)
 
 
 @dataclass
@@ -143,42 +146,51 @@ def preview(cfg: TinyGPTConfig, home: Path, upload: str | Path | None = None) ->
                    sample=token_sample(tok, corpus.text))
 
 
-def delete_run(studio: Any, run_id: str) -> str:
-    """Delete a finished Tiny GPT run: its model leaves the manager, its folder the disk. A run
-    that is queued or running is refused (cancel it first)."""
-    import shutil
-
+def delete_run(studio: Any, run_id: str, owner: Any = ALL) -> str:
+    """Delete a finished Tiny GPT run of `owner`'s: its model leaves the manager, its folder the
+    disk. A run that is queued or running is refused (cancel it first); another owner's run is
+    a KeyError, as a missing one, and a shared one a PermissionError (`JobManager.delete`)."""
     from studio.jobs import FINAL
 
     if not run_id:
         raise ValueError("pick a run to delete")
-    v = studio.jobs.view(run_id, log_lines=0)  # KeyError: no such run
+    v = studio.jobs.view(run_id, log_lines=0, owner=owner)  # KeyError: none of the owner's
     if v.kind != KIND:
         raise ValueError(f"run {run_id} is not a Tiny GPT run")
     if v.status not in FINAL:
         raise ValueError(f"run {run_id} is {v.status}; cancel it before deleting it")
     keys = studio.extras.setdefault("tinygpt_keys", {})
-    if run_id in keys and not studio.models.evict(keys[run_id]):
-        raise ValueError(f"run {run_id}'s model is generating right now; try again in a moment")
-    keys.pop(run_id, None)
-    shutil.rmtree(studio.jobs.run_dir(run_id))
+    if owner is ALL or v.owner == owner:  # a shared run is refused below, its model kept
+        if run_id in keys and not studio.models.evict(keys[run_id]):
+            raise ValueError(f"run {run_id}'s model is generating right now; try again in a "
+                             "moment")
+        keys.pop(run_id, None)
+    studio.jobs.delete(run_id, owner)
     return f"Deleted run {v.title} ({run_id})."
 
 
+def runs(studio: Any, owner: Any = ALL) -> list[Any]:
+    """`owner`'s Tiny GPT runs and the shared ones, newest first (the compare table, the
+    curves and the pickers list these only)."""
+    return studio.jobs.list_runs(KIND, owner=owner)
+
+
 # ----- generation ----------------------------------------------------------------------------
-def trained_runs(studio: Any) -> list[tuple[str, str]]:
-    """(label, run id) of every Tiny GPT run with a checkpoint, newest first."""
+def trained_runs(studio: Any, owner: Any = ALL) -> list[tuple[str, str]]:
+    """(label, run id) of `owner`'s Tiny GPT runs with a checkpoint (and shared ones), newest
+    first."""
     out = []
-    for v in studio.jobs.list_runs(KIND):
+    for v in runs(studio, owner):
         if (Path(v.run_dir) / CKPT).exists():
             out.append((f"{v.title} · {v.status} · {v.id[-6:]}", v.id))
     return out
 
 
-def model_key(studio: Any, run_id: str) -> str:
+def model_key(studio: Any, run_id: str, owner: Any = ALL) -> str:
     """Register the run's checkpoint with the model manager (once per checkpoint version) and
     return its key. A resumed run writes a new checkpoint, which gets a new key; the old one is
-    evicted so generation never uses stale weights."""
+    evicted so generation never uses stale weights. Another owner's run is a KeyError."""
+    studio.jobs.check(run_id, owner)
     run_dir = studio.jobs.run_dir(run_id)
     ckpt = run_dir / CKPT
     if not ckpt.exists():
@@ -198,8 +210,9 @@ def model_key(studio: Any, run_id: str) -> str:
 
 def generate_from_run(studio: Any, run_id: str, prompt: str, max_new_tokens: int,
                       temperature: float, top_k: int | None, use_cache: bool,
-                      seed: int = 0) -> Generation:
-    """Generate from a trained run with the model manager holding the weights."""
+                      seed: int = 0, owner: Any = ALL) -> Generation:
+    """Generate from a trained run (`owner`'s or a shared one) with the model manager holding
+    the weights."""
     from tokenizers import Tokenizer
 
     if not run_id:
@@ -208,7 +221,7 @@ def generate_from_run(studio: Any, run_id: str, prompt: str, max_new_tokens: int
         raise ValueError("new tokens must be between 1 and 2000")
     if temperature < 0:
         raise ValueError("temperature cannot be negative")
-    key = model_key(studio, run_id)
+    key = model_key(studio, run_id, owner)
     tok = Tokenizer.from_file(str(studio.jobs.run_dir(run_id) / "tokenizer.json"))
     return studio.models.call_with_oom_retry(key, lambda model: generate_text(
         model, tok, prompt, max_new_tokens, temperature=temperature,

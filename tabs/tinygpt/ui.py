@@ -9,8 +9,9 @@ import gradio as gr
 import pandas as pd
 
 from studio.models import BudgetExceeded
+from studio.sessions import owner_of
 from studio.ui.examples import prompts
-from studio.ui.widgets import job_panel
+from studio.ui.widgets import fill_on_load, job_panel, on_page_load, owner_state, run_error
 from tabs.tinygpt import service
 from tabs.tinygpt.compare import COLUMNS, chart_frame, compare_runs
 from tabs.tinygpt.compare import loss_curves as compare_loss_curves
@@ -31,10 +32,13 @@ def _num(name: str, device: str = "cuda", **kw: Any) -> gr.Number:
 def build_ui(studio: Any) -> None:
     """The tab's widgets and handlers; called inside ``with gr.Tab(TITLE):``."""
 
-    def _tables() -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The comparison table and its chart, from every Tiny GPT run on disk."""
-        df = compare_runs(studio.jobs.list_runs(service.KIND))
+    def _tables(owner: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The comparison table and its chart, from `owner`'s Tiny GPT runs (and shared ones)."""
+        df = compare_runs(service.runs(studio, owner))
         return df, chart_frame(df)
+
+    # Every handler names its owner (the last input, optional for scripts: their session).
+    owner = owner_state()
 
     gr.Markdown("Train a 0.1–10M parameter transformer from scratch and see what its parts do: "
                 "positional scheme, context, size, tokenizer. Runs are jobs: close the browser "
@@ -84,7 +88,8 @@ def build_ui(studio: Any) -> None:
 
     gr.Markdown("### Compare runs")
     compare_btn = gr.Button("Refresh comparison")
-    first_table, first_chart = _tables()  # "Refresh comparison" updates them
+    # built once for every session: the shared runs only; a page load shows the caller's
+    first_table, first_chart = _tables(None)  # "Refresh comparison" updates them
     table = gr.Dataframe(value=first_table, headers=COLUMNS, wrap=True,
                          label="Runs (best validation perplexity first); val_ppl_2x = "
                          "perplexity at twice the training context")
@@ -96,11 +101,11 @@ def build_ui(studio: Any) -> None:
     with gr.Row():
         curve_metric = gr.Radio([("validation loss", "val_loss"), ("training loss", "train_loss")],
                                 value="val_loss", label="Loss curves of every run", scale=1)
-    curves = gr.LinePlot(value=compare_loss_curves(studio.jobs.list_runs(service.KIND)),
+    curves = gr.LinePlot(value=compare_loss_curves(service.runs(studio, None)),
                          x="step", y="value", color="run", height=320,
                          title="Loss over training, one line per run", label="Loss curves")
     with gr.Row():
-        del_run = gr.Dropdown(label="Run to delete", choices=_finished(studio), scale=3,
+        del_run = gr.Dropdown(label="Run to delete", choices=_finished(studio, None), scale=3,
                               allow_custom_value=True)
         del_btn = gr.Button("Delete run", variant="stop", scale=1)
     del_md = gr.Markdown()
@@ -108,7 +113,7 @@ def build_ui(studio: Any) -> None:
     gr.Markdown("### Generate")
     with gr.Row():
         # custom values: a script may name a run trained after this page was built
-        gen_run = gr.Dropdown(label="Trained run", choices=service.trained_runs(studio),
+        gen_run = gr.Dropdown(label="Trained run", choices=service.trained_runs(studio, None),
                               scale=3, allow_custom_value=True)
         refresh_runs = gr.Button("↻", scale=0, min_width=48)
     prompt = gr.Textbox(label="Prompt", value="def ", lines=3)
@@ -135,16 +140,17 @@ def build_ui(studio: Any) -> None:
 
     def do_start(corpus, upload, folder, max_corpus_chars, tokenizer, vocab_size, pos, n_layer,
                  n_head, n_embd, block_size, dropout, max_steps, batch_size, learning_rate,
-                 device):
+                 device, secret=None, request: gr.Request = None):
         cfg, up = _config(locals())
+        who = owner_of(secret, request)
         try:
-            run_id = service.submit_training(studio, cfg, up)
+            run_id = service.submit_training(studio, cfg, up, owner=who)
         except ValueError as e:
             raise gr.Error(str(e)) from None
         gr.Info(f"Run queued: {service.run_title(cfg)}")
-        return panel.select(run_id, studio)
+        return panel.select(run_id, studio, who)
 
-    start.click(do_start, inputs=train_inputs, outputs=[panel.run_picker],
+    start.click(do_start, inputs=[*train_inputs, owner], outputs=[panel.run_picker],
                 api_name="tinygpt_train")
 
     def do_preview(corpus, upload, folder, max_corpus_chars, tokenizer, vocab_size, pos,
@@ -159,56 +165,90 @@ def build_ui(studio: Any) -> None:
     preview_btn.click(do_preview, inputs=train_inputs, outputs=[preview_md],
                       api_name="tinygpt_preview", concurrency_limit=1)
 
-    compare_btn.click(_tables, outputs=[table, chart], api_name="tinygpt_compare")
+    def do_compare(secret=None, request: gr.Request = None):
+        return _tables(owner_of(secret, request))
 
-    def do_curves(metric: str):
-        return compare_loss_curves(studio.jobs.list_runs(service.KIND), metric or "val_loss")
+    compare_btn.click(do_compare, inputs=[owner], outputs=[table, chart],
+                      api_name="tinygpt_compare")
 
-    compare_btn.click(do_curves, inputs=[curve_metric], outputs=[curves],
+    def curves_of(who: str | None, metric: str):
+        return compare_loss_curves(service.runs(studio, who), metric or "val_loss")
+
+    def do_curves(metric: str, secret=None, request: gr.Request = None):
+        return curves_of(owner_of(secret, request), metric)
+
+    compare_btn.click(do_curves, inputs=[curve_metric, owner], outputs=[curves],
                       api_name="tinygpt_curves")
-    curve_metric.change(do_curves, inputs=[curve_metric], outputs=[curves],
+    curve_metric.change(do_curves, inputs=[curve_metric, owner], outputs=[curves],
                         api_visibility="private")
-    del_run.focus(lambda: gr.update(choices=_finished(studio)), outputs=[del_run],
-                  api_visibility="private", queue=False)
 
-    def do_delete(run_id: str | None, metric: str):
+    def on_load(metric: str, secret=None, request: gr.Request = None):
+        """The caller's runs (the page was built with the shared ones only)."""
+        who = owner_of(secret, request)
+        return (*_tables(who), curves_of(who, metric))
+
+    on_page_load(on_load, inputs=[curve_metric, owner], outputs=[table, chart, curves])
+    fill_on_load(del_run, lambda who: _finished(studio, who), owned=True)
+    fill_on_load(gen_run, lambda who: service.trained_runs(studio, who), owned=True)
+
+    def finished_now(secret=None, request: gr.Request = None):
+        return gr.update(choices=_finished(studio, owner_of(secret, request)))
+
+    del_run.focus(finished_now, inputs=[owner], outputs=[del_run], api_visibility="private",
+                  queue=False)
+
+    def do_delete(run_id: str | None, metric: str, secret=None, request: gr.Request = None):
+        who = owner_of(secret, request)
         try:
-            msg = service.delete_run(studio, run_id or "")
-        except (ValueError, KeyError) as e:
+            msg = service.delete_run(studio, run_id or "", owner=who)
+        except (KeyError, PermissionError) as e:  # another's is "No run X.", as a missing one
+            raise run_error(run_id, e) from None
+        except ValueError as e:
             raise gr.Error(str(e)) from None
-        df, bars = _tables()
-        return (msg, gr.update(choices=_finished(studio), value=None), df, bars,
-                do_curves(metric), gr.update(choices=service.trained_runs(studio)))
+        df, bars = _tables(who)
+        return (msg, gr.update(choices=_finished(studio, who), value=None), df, bars,
+                curves_of(who, metric), gr.update(choices=service.trained_runs(studio, who)))
 
-    del_btn.click(do_delete, inputs=[del_run, curve_metric],
+    del_btn.click(do_delete, inputs=[del_run, curve_metric, owner],
                   outputs=[del_md, del_run, table, chart, curves, gen_run],
                   api_name="tinygpt_delete")
 
-    for event in (refresh_runs.click, gen_run.focus):
-        event(lambda: gr.update(choices=service.trained_runs(studio)), outputs=[gen_run],
-              api_visibility="private", queue=False)
+    def trained_now(secret=None, request: gr.Request = None):
+        return gr.update(choices=service.trained_runs(studio, owner_of(secret, request)))
 
-    def do_generate(run_id, prompt, max_new_tokens, temperature, top_k, kv_cache):
+    for event in (refresh_runs.click, gen_run.focus):
+        event(trained_now, inputs=[owner], outputs=[gen_run], api_visibility="private",
+              queue=False)
+
+    def do_generate(run_id, prompt, max_new_tokens, temperature, top_k, kv_cache, secret=None,
+                    request: gr.Request = None):
+        who = owner_of(secret, request)
         try:
             modes = [True, False] if kv_cache.startswith("both") else [kv_cache == "on"]
             results = [service.generate_from_run(studio, run_id, prompt or "",
                                                  int(max_new_tokens), float(temperature),
-                                                 int(top_k), use_cache=m) for m in modes]
-        except (ValueError, KeyError, BudgetExceeded) as e:
+                                                 int(top_k), use_cache=m, owner=who)
+                       for m in modes]
+        except KeyError as e:
+            raise run_error(run_id, e) from None
+        except (ValueError, BudgetExceeded) as e:
             raise gr.Error(str(e)) from None
         return results[0].text, _generation_markdown(results, modes)
 
-    gen_btn.click(do_generate, inputs=[gen_run, prompt, max_new, temperature, top_k, cache],
+    gen_btn.click(do_generate,
+                  inputs=[gen_run, prompt, max_new, temperature, top_k, cache, owner],
                   outputs=[gen_out, gen_stats], api_name="tinygpt_generate",
                   concurrency_id="gpu")
 
 
-def _finished(studio: Any) -> list[tuple[str, str]]:
-    """(label, id) of the Tiny GPT runs that can be deleted (not queued or running)."""
+def _finished(studio: Any, owner: str | None) -> list[tuple[str, str]]:
+    """(label, id) of `owner`'s Tiny GPT runs that can be deleted (not queued or running);
+    shared runs are read-only, so they are not offered."""
     from studio.jobs import FINAL
 
     return [(f"{v.title} · {v.status} · {v.id[-6:]}", v.id)
-            for v in studio.jobs.list_runs(service.KIND) if v.status in FINAL]
+            for v in service.runs(studio, owner)
+            if v.status in FINAL and owner and v.owner == owner]
 
 
 def _config(v: dict[str, Any]) -> tuple[TinyGPTConfig, str | None]:

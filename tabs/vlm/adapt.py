@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studio.jobs import ALL
 from tabs.vlm import dataset as data
 from tabs.vlm.config import VLMAdaptConfig
 
@@ -84,8 +85,9 @@ def estimate(studio: Any, cfg: VLMAdaptConfig) -> Any:
     return adapt_estimate(load_vlm_arch(cfg.base_model), cfg, cuda, studio.models.budget)
 
 
-def submit(studio: Any, cfg: VLMAdaptConfig) -> str:
-    """Check data and memory up front (errors now, not minutes into a job), then queue."""
+def submit(studio: Any, cfg: VLMAdaptConfig, owner: Any = ALL) -> str:
+    """Check data and memory up front (errors now, not minutes into a job), then queue the run
+    for `owner` (``studio.sessions.owner_of``)."""
     cfg.validate()
     if not cfg.train_file:
         raise ValueError("upload the data zip first")
@@ -100,11 +102,13 @@ def submit(studio: Any, cfg: VLMAdaptConfig) -> str:
         vram = est.total
     title = f"VLM adapt {Path(cfg.base_model).name} r{cfg.lora_r} on {Path(cfg.train_file).name}"
     return studio.jobs.submit(kind=KIND, entry=ENTRY, config=cfg.to_dict(), title=title,
-                              vram_bytes=vram, dataset_hash=cfg.dataset_hash, seed=cfg.seed)
+                              vram_bytes=vram, dataset_hash=cfg.dataset_hash, seed=cfg.seed,
+                              owner=owner)
 
 
-def finished_runs(studio: Any) -> list[str]:
-    return [v.id for v in studio.jobs.list_runs(KIND)
+def finished_runs(studio: Any, owner: Any = ALL) -> list[str]:
+    """Run ids of `owner` (and shared ones) with an adapter."""
+    return [v.id for v in studio.jobs.list_runs(KIND, owner=owner)
             if (Path(v.run_dir) / "adapter" / "adapter_config.json").is_file()]
 
 
@@ -150,15 +154,20 @@ def chat_target(studio: Any, run_id: str) -> tuple[str, str]:
     return cfg.base_model, str(run_dir / "adapter")
 
 
-def adapter_folder(studio: Any, path: str) -> str | None:
+def adapter_folder(studio: Any, path: str, owner: Any = ALL) -> str | None:
     """An adapter path from the chat's field, accepted only inside the studio home (runs,
-    exports): loading one runs its files, so a stranger cannot point it elsewhere."""
+    exports): loading one runs its files, so a stranger cannot point it elsewhere; one of
+    another session's runs (or its export) is answered as a path that does not exist."""
     from studio.safety import path_under
 
     text = (path or "").strip()
     if not text:
         return None
     p = path_under(studio.settings.home, text, label="Adapter", must_exist=True)
+    try:
+        studio.jobs.check_path(p, owner, studio.settings.exports_dir)
+    except KeyError:
+        raise ValueError(f"Adapter: {p} does not exist") from None
     if not (p / "adapter_config.json").is_file():
         raise ValueError(f"Adapter: {p} is not a LoRA adapter folder (no adapter_config.json)")
     return str(p)

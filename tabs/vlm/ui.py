@@ -11,8 +11,8 @@ import gradio as gr
 
 from studio.llm import GenerationSettings, LLMError
 from studio.models import BudgetExceeded
-from studio.sessions import session_of
-from studio.ui.widgets import job_panel
+from studio.sessions import owner_of, session_of
+from studio.ui.widgets import check_run, job_panel, owned_choices, owner_state
 from tabs.qlora.dataset import DatasetError
 from tabs.vlm import adapt, service
 from tabs.vlm.config import VLMAdaptConfig
@@ -139,10 +139,11 @@ def build_ui(studio: Any) -> None:
                 g.summary)
 
     def do_send(msg, pic, pic2, history, *values, request: gr.Request = None):
-        cfg = _config(*values[:-1])
+        *values, adapter_path, secret = values
+        cfg = _config(*values)
         keep = gr.update()
         try:
-            lora = adapt.adapter_folder(studio, values[-1])
+            lora = adapt.adapter_folder(studio, adapter_path, owner_of(secret, request))
             with stops.running(service.STOP, session_of(request)) as flag:
                 shown = history or []
                 for shown, line in service.stream_reply(studio, cfg, history or [], msg or "",
@@ -153,7 +154,7 @@ def build_ui(studio: Any) -> None:
             raise gr.Error(str(e)) from None
 
     send_args = dict(fn=do_send, inputs=[message, image, image2, chatbot, *config_inputs,
-                                         adapter],
+                                         adapter, owner_state()],
                      outputs=[chatbot, stats, message, image, image2, last_pic, drawn, boxes,
                               ground_md], concurrency_id="gpu")
     send.click(**send_args, api_name="vlm_send")
@@ -279,7 +280,8 @@ def build_adapt(studio: Any, chat_targets: tuple[Any, Any] | None = None) -> Non
         fit_md = gr.Markdown()
         panel = job_panel(studio, kind=adapt.KIND, plot_keys=("train_loss", "eval_loss"))
         with gr.Row():
-            run_pick = gr.Dropdown(label="Adapted run", choices=adapt.finished_runs(studio),
+            # the page config is everyone's: shared runs only; the page's own come on load
+            run_pick = gr.Dropdown(label="Adapted run", choices=adapt.finished_runs(studio, None),
                                    allow_custom_value=True, scale=3)
             compare_btn = gr.Button("Before vs after", scale=1)
             export_btn = gr.Button("Export adapter", scale=1)
@@ -331,21 +333,27 @@ def build_adapt(studio: Any, chat_targets: tuple[Any, Any] | None = None) -> Non
 
     fit_btn.click(do_estimate, inputs=all_inputs, outputs=[fit_md], api_name="vlm_estimate")
 
-    def do_start(*values):
+    owner_in = owner_state()  # the last input of the handlers below (scripts send none)
+
+    def do_start(request: gr.Request, *values):
+        *values, secret = values
+        owner = owner_of(secret, request)
         try:
-            cfg = config_of(values)
+            cfg = config_of(tuple(values))
             _on_disk(studio, cfg.base_model)  # the job would download it unseen
-            run_id = adapt.submit(studio, cfg)
+            run_id = adapt.submit(studio, cfg, owner=owner)
         except (DatasetError, ValueError) as e:
             raise gr.Error(str(e)) from None
         gr.Info(f"Run {run_id} queued.")
-        return panel.select(run_id, studio)
+        return panel.select(run_id, studio, owner)
 
-    start.click(do_start, inputs=all_inputs, outputs=[panel.run_picker], api_name="vlm_train")
-    run_pick.focus(lambda: gr.update(choices=adapt.finished_runs(studio)), outputs=[run_pick],
-                   api_visibility="private", queue=False)
+    start.click(do_start, inputs=[*all_inputs, owner_in], outputs=[panel.run_picker],
+                api_name="vlm_train")
 
-    def do_compare(run_id):
+    owned_choices(run_pick, lambda owner: adapt.finished_runs(studio, owner))
+
+    def do_compare(run_id, secret=None, request: gr.Request = None):
+        check_run(studio, run_id, owner_of(secret, request))
         try:
             rows, res = adapt.samples_table(studio, run_id)
         except (ValueError, KeyError) as e:
@@ -353,24 +361,27 @@ def build_adapt(studio: Any, chat_targets: tuple[Any, Any] | None = None) -> Non
         return (f"Step {res['step']} on {res['device']} ({res['quantization']}): eval loss "
                 f"{res.get('eval_loss')}", rows)
 
-    compare_btn.click(do_compare, inputs=[run_pick], outputs=[results_md, samples],
+    compare_btn.click(do_compare, inputs=[run_pick, owner_in], outputs=[results_md, samples],
                       api_name="vlm_compare")
 
-    def do_export(run_id):
+    def do_export(run_id, secret=None, request: gr.Request = None):
+        check_run(studio, run_id, owner_of(secret, request))
         try:
             dest = adapt.export(studio, run_id)
         except (ValueError, KeyError, OSError) as e:
             raise gr.Error(str(e)) from None
         return f"Exported to `{dest}` (LoRA safetensors, projector if trained, RUN_CARD.md)"
 
-    export_btn.click(do_export, inputs=[run_pick], outputs=[results_md], api_name="vlm_export")
+    export_btn.click(do_export, inputs=[run_pick, owner_in], outputs=[results_md],
+                     api_name="vlm_export")
 
     if chat_targets is not None:
-        def do_to_chat(run_id):
+        def do_to_chat(run_id, secret=None, request: gr.Request = None):
+            check_run(studio, run_id, owner_of(secret, request))
             try:
                 return list(adapt.chat_target(studio, run_id))
             except (ValueError, KeyError) as e:
                 raise gr.Error(str(e)) from None
 
-        to_chat.click(do_to_chat, inputs=[run_pick], outputs=list(chat_targets),
+        to_chat.click(do_to_chat, inputs=[run_pick, owner_in], outputs=list(chat_targets),
                       api_name="vlm_chat_with_run")

@@ -14,14 +14,16 @@ import contextvars
 import html
 import queue
 import threading
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from studio.llm import LLMError, ModelLoadError
 from studio.models import BudgetExceeded
-from studio.sessions import session_of
+from studio.sessions import owner_of, session_of
 from studio.ui.examples import asset
+from studio.ui.widgets import owned_choices, owner_state
 from tabs.whisper.audio import AUDIO_EXTS, VIDEO_EXTS
 from tabs.whisper.config import (
     COMPUTE_TYPES,
@@ -163,7 +165,8 @@ def build_ui(studio: Any) -> None:
                              elem_id="whisper-upload")
             mic = gr.Audio(label="…or record", sources=["microphone"], type="filepath")
             with gr.Accordion("Model and decoding", open=False):
-                model = gr.Dropdown(_model_choices(studio, names()),
+                # the page config is everyone's: shared tuned models only (own: on load)
+                model = gr.Dropdown(_model_choices(studio, names(), None),
                                     value=default_model, allow_custom_value=True, label="Model",
                                     elem_id="whisper-model",
                                     info="a size (download it on the Models tab first), a local "
@@ -229,13 +232,18 @@ def build_ui(studio: Any) -> None:
                 diff = gr.HTML(elem_id="whisper-diff")
 
     def do_transcribe(file_path, mic_path, model, engine, compute, language, beam, prompt,
-                      hotwords, vad, words, diarize, num, lo, hi, hf_token, source,
+                      hotwords, vad, words, diarize, num, lo, hi, hf_token, source, secret,
                       request: gr.Request, progress=gr.Progress()):  # noqa: B008
         """A generator: the view fills with segments as they are decoded, then shows the
         finished transcript with speakers."""
         path = file_path or mic_path
         if not path:
             raise gr.Error("Upload a file or record something first.")
+        try:  # a model tuned by another session is answered as one that is not there
+            studio.jobs.check_path(Path(model or "").expanduser(), owner_of(secret, request),
+                                   studio.settings.exports_dir)
+        except KeyError:
+            raise gr.Error(f"Model: {model} does not exist.") from None
         try:
             cfg = _config(model, engine, compute, language, beam, prompt, hotwords, vad, words,
                           diarize, num or 0, lo or 0, hi or 0)
@@ -339,7 +347,8 @@ def build_ui(studio: Any) -> None:
     go.click(clear_for_new_run, None,
              [tid, view, notes, speaker, out_file, diff, player, training_md, accept],
              api_visibility="private", queue=False, show_progress="hidden").then(
-        do_transcribe, [upload, mic, *settings], [tid, view, notes, speaker, rename],
+        do_transcribe, [upload, mic, *settings, owner_state()],
+        [tid, view, notes, speaker, rename],
         api_name="whisper_transcribe", concurrency_id="gpu")
     stop.click(do_stop, None, None, api_name="whisper_stop", queue=False)
     # No status badges on a failed rename: the message comes as a toast, the transcript and the
@@ -377,27 +386,28 @@ def build_ui(studio: Any) -> None:
         return s.markdown() + "  \nUse this dataset id in the Whisper fine-tune tab."
 
     to_training.click(do_to_training, [tid], training_md, api_name="whisper_to_training")
-    model.focus(lambda: gr.update(choices=_model_choices(studio, names())),
-                None, model, api_visibility="private", queue=False)
-    model.change(lambda m: _run_card(studio, m), [model], card, api_visibility="private",
-                 queue=False)
+    def card_of(m: str, secret: Any = None, request: gr.Request = None) -> str:
+        return _run_card(studio, m, owner_of(secret, request))
+
+    owned_choices(model, lambda owner: _model_choices(studio, names(), owner))
+    model.change(card_of, [model, owner_state()], card, api_visibility="private", queue=False)
 
 
-def _model_choices(studio: Any, names: list[str]) -> list[tuple[str, str]]:
+def _model_choices(studio: Any, names: list[str], owner: Any) -> list[tuple[str, str]]:
     """(label, value): 'Whisper tiny.en' for the profile's folder, 'Whisper large-v3' for a
-    size, then the models tuned in the Whisper fine-tune tab (if installed)."""
+    size, then the models `owner` tuned in the Whisper fine-tune tab (if installed)."""
     choice = studio.choices.get("whisper")
     out = [(model_title(n, choice), n) for n in names]
     try:
         from tabs.whisper_ft.service import tuned_models
     except ImportError:
         return out
-    return out + tuned_models(studio)
+    return out + tuned_models(studio, owner)
 
 
-def _run_card(studio: Any, model: str) -> str:
+def _run_card(studio: Any, model: str, owner: Any) -> str:
     try:
         from tabs.whisper_ft.service import run_card
     except ImportError:
         return ""
-    return run_card(studio, model)
+    return run_card(studio, model, owner)

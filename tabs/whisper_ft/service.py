@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from studio.jobs import ALL
 from tabs.whisper_ft.config import WhisperFTConfig
 from tabs.whisper_ft.data import (
     DataError,
@@ -77,8 +78,9 @@ def is_cuda(studio: Any) -> bool:
     return getattr(studio.probe, "device", "cpu") == "cuda"
 
 
-def submit(studio: Any, cfg: WhisperFTConfig) -> str:
-    """Check the dataset and the memory now (errors at once, not minutes into a job), queue."""
+def submit(studio: Any, cfg: WhisperFTConfig, owner: Any = ALL) -> str:
+    """Check the dataset and the memory now (errors at once, not minutes into a job), queue
+    the run for `owner` (``studio.sessions.owner_of``)."""
     from studio.jobs import hash_files
     from studio.safety import check_model_source
     from tabs.whisper_ft.train import plan_memory
@@ -105,11 +107,13 @@ def submit(studio: Any, cfg: WhisperFTConfig) -> str:
     title = (f"Whisper {cfg.resolved_method()} {Path(cfg.base_model).name} on {dataset_id} "
              f"({len(pieces)} pieces)")
     return studio.jobs.submit(kind=KIND, entry=ENTRY, config=cfg.to_dict(), title=title,
-                              vram_bytes=vram, dataset_hash=cfg.dataset_hash, seed=cfg.seed)
+                              vram_bytes=vram, dataset_hash=cfg.dataset_hash, seed=cfg.seed,
+                              owner=owner)
 
 
-def finished_runs(studio: Any) -> list[str]:
-    return [v.id for v in studio.jobs.list_runs(KIND)
+def finished_runs(studio: Any, owner: Any = ALL) -> list[str]:
+    """Run ids of `owner` (and shared ones) with results."""
+    return [v.id for v in studio.jobs.list_runs(KIND, owner=owner)
             if (Path(v.run_dir) / "results.json").is_file()]
 
 
@@ -191,10 +195,10 @@ def export(studio: Any, run_id: str) -> Path:
     return dest
 
 
-def tuned_models(studio: Any) -> list[tuple[str, str]]:
-    """(label, folder) of every finished fine-tune, in the format this machine's Transcribe
-    engine runs best: CTranslate2 int8 on CPU, float16 where CTranslate2 has CUDA, else the
-    transformers folder."""
+def tuned_models(studio: Any, owner: Any = ALL) -> list[tuple[str, str]]:
+    """(label, folder) of every finished fine-tune of `owner` (and shared ones), in the format
+    this machine's Transcribe engine runs best: CTranslate2 int8 on CPU, float16 where
+    CTranslate2 has CUDA, else the transformers folder."""
     from tabs.whisper.engines import ctranslate2_cuda_problem
 
     cuda = is_cuda(studio)
@@ -203,7 +207,7 @@ def tuned_models(studio: Any) -> list[tuple[str, str]]:
         prefer = (["ct2-float16", "transformers"] if not ctranslate2_cuda_problem()
                   else ["transformers", "ct2-int8"])
     out = []
-    for v in studio.jobs.list_runs(KIND):
+    for v in studio.jobs.list_runs(KIND, owner=owner):
         if v.status != "succeeded":
             continue
         folders = run_folders(Path(v.run_dir))
@@ -221,10 +225,10 @@ def tuned_models(studio: Any) -> list[tuple[str, str]]:
     return out
 
 
-def run_card(studio: Any, model: str) -> str:
-    """The RUN_CARD.md of a tuned model in the list, or '' for any other model (a typed path
-    never reads a file)."""
-    if model not in {path for _, path in tuned_models(studio)}:
+def run_card(studio: Any, model: str, owner: Any = ALL) -> str:
+    """The RUN_CARD.md of a tuned model in `owner`'s list, or '' for any other model (a typed
+    path never reads a file)."""
+    if model not in {path for _, path in tuned_models(studio, owner)}:
         return ""
     try:
         return (Path(model) / "RUN_CARD.md").read_text()

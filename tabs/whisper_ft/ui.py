@@ -12,7 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from studio.ui.widgets import job_panel
+from studio.sessions import owner_of
+from studio.ui.widgets import check_run, job_panel, owned_choices, owner_state
 from tabs.whisper.audio import AUDIO_EXTS, VIDEO_EXTS
 from tabs.whisper_ft import service
 from tabs.whisper_ft.config import BASES, WhisperFTConfig, default_of, help_of, label_of
@@ -84,7 +85,8 @@ def build_ui(studio: Any) -> None:
 
     gr.Markdown("### 3. Before / after")
     with gr.Row():
-        run_pick = gr.Dropdown(label="Trained run", choices=service.finished_runs(studio),
+        # the page config is everyone's: shared runs only; the page's own come on load/focus
+        run_pick = gr.Dropdown(label="Trained run", choices=service.finished_runs(studio, None),
                                allow_custom_value=True, scale=3)
         show_btn = gr.Button("Show results", scale=1)
         export_btn = gr.Button("Export", scale=1)
@@ -107,7 +109,11 @@ def build_ui(studio: Any) -> None:
                       outputs=[summary_md, dataset_id, rejected], api_name="whisper_ft_prepare",
                       concurrency_limit=2)
 
-    def do_train(ds, base_model, meth, lang, tsk, gloss, *values):
+    owner_in = owner_state()  # the last input of the handlers below (scripts send none)
+
+    def do_train(request: gr.Request, ds, base_model, meth, lang, tsk, gloss, *values):
+        *values, secret = values
+        owner = owner_of(secret, request)
         raw: dict[str, Any] = dict(zip(SETTINGS, values, strict=True))
         try:
             for k, v in raw.items():
@@ -119,30 +125,31 @@ def build_ui(studio: Any) -> None:
                                   base_model=(base_model or "").strip(), method=meth,
                                   language=(lang or "").strip(), task=tsk, glossary=gloss or "",
                                   **raw)
-            run_id = service.submit(studio, cfg)
+            run_id = service.submit(studio, cfg, owner=owner)
         except (TypeError, ValueError) as e:
             raise gr.Error(f"Check the settings: {e}") from None
         gr.Info(f"Run {run_id} queued.")
-        return panel.select(run_id, studio)
+        return panel.select(run_id, studio, owner)
 
     start.click(do_train, inputs=[dataset_id, base, method, language, task, glossary,
-                                  *[widgets[n] for n in SETTINGS]],
+                                  *[widgets[n] for n in SETTINGS], owner_in],
                 outputs=[panel.run_picker], api_name="whisper_ft_train")
 
-    run_pick.focus(lambda: gr.update(choices=service.finished_runs(studio)),
-                   outputs=[run_pick], api_visibility="private", queue=False)
+    owned_choices(run_pick, lambda owner: service.finished_runs(studio, owner))
 
-    def do_results(run_id):
+    def do_results(run_id, secret=None, request: gr.Request = None):
+        check_run(studio, run_id, owner_of(secret, request))
         try:
             res, rows = service.results(studio, run_id)
         except (ValueError, KeyError) as e:
             raise gr.Error(str(e)) from None
         return service.results_markdown(res), rows
 
-    show_btn.click(do_results, inputs=[run_pick], outputs=[results_md, changed],
+    show_btn.click(do_results, inputs=[run_pick, owner_in], outputs=[results_md, changed],
                    api_name="whisper_ft_results")
 
-    def do_export(run_id):
+    def do_export(run_id, secret=None, request: gr.Request = None):
+        check_run(studio, run_id, owner_of(secret, request))
         try:
             dest = service.export(studio, run_id)
         except (ValueError, KeyError, OSError) as e:
@@ -150,5 +157,5 @@ def build_ui(studio: Any) -> None:
         return (f"Exported to `{dest}`: `transformers/`, `ct2-float16/`, `ct2-int8/` (each "
                 "with RUN_CARD.md). The tuned model is in the Transcribe tab's model list.")
 
-    export_btn.click(do_export, inputs=[run_pick], outputs=[export_md],
+    export_btn.click(do_export, inputs=[run_pick, owner_in], outputs=[export_md],
                      api_name="whisper_ft_export", concurrency_limit=1)

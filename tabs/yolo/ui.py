@@ -20,8 +20,11 @@ from typing import Any
 
 import gradio as gr
 
+from studio.jobs import ALL
+from studio.sessions import owner_of
 from studio.ui.errors import friendly
 from studio.ui.examples import assets_in
+from studio.ui.widgets import fill_on_load, owner_state
 from tabs.yolo.config import MODEL_CHOICES, TrainConfig
 from tabs.yolo.detect import ROW_HEADERS, detect_image, detect_video, prelabel
 from tabs.yolo.export import TABLE_HEADERS, table_rows
@@ -82,10 +85,10 @@ def _classes_from_text(text: str) -> list[str]:
     return [c.strip() for c in (text or "").replace(",", "\n").splitlines() if c.strip()]
 
 
-def _counts_md(svc: YoloService, name: str | None) -> str:
+def _counts_md(svc: YoloService, name: str | None, who: Any = ALL) -> str:
     if not name:
         return "No dataset selected."
-    done, total = svc.dataset(name).counts()
+    done, total = svc.dataset(name, who).counts()
     return f"**{done} of {total} labelled**"
 
 
@@ -106,20 +109,20 @@ def _box_dict(b: Box, classes: list[str]) -> dict[str, Any]:
             "color": _rgb(class_colour(b.cls))}
 
 
-def _annot_value(svc: YoloService, name: str, image: str,
-                 boxes: list[Box] | None = None) -> dict[str, Any]:
-    ds = svc.dataset(name)
+def _annot_value(svc: YoloService, name: str, image: str, boxes: list[Box] | None = None,
+                 who: Any = ALL) -> dict[str, Any]:
+    ds = svc.dataset(name, who)
     if boxes is None:
         boxes = ds.boxes(image) or []
     classes = ds.classes
     return {"image": str(ds.image_path(image)), "boxes": [_box_dict(b, classes) for b in boxes]}
 
 
-def _annot_update(svc: YoloService, name: str, image: str,
-                  boxes: list[Box] | None = None) -> Any:
+def _annot_update(svc: YoloService, name: str, image: str, boxes: list[Box] | None = None,
+                  who: Any = ALL) -> Any:
     """The canvas showing `boxes` (default: the stored ones) with today's class names/colours."""
-    classes = svc.dataset(name).classes
-    return gr.update(value=_annot_value(svc, name, image, boxes), label_list=classes,
+    classes = svc.dataset(name, who).classes
+    return gr.update(value=_annot_value(svc, name, image, boxes, who), label_list=classes,
                      label_colors=[class_colour(i) for i in range(len(classes))])
 
 
@@ -138,10 +141,11 @@ def _degenerate(d: dict[str, Any]) -> bool:
 
 
 def _boxes_from_dicts(svc: YoloService, name: str, items: list[dict[str, Any]],
-                      skip_degenerate: bool = False) -> list[Box]:
-    """Annotator or API boxes (label name or cls index, pixel corners) to dataset boxes.
+                      skip_degenerate: bool = False, who: Any = ALL) -> list[Box]:
+    """Annotator or API boxes (label name or cls index, pixel corners) to dataset boxes (a new
+    label name becomes a new class: a change, so only in the owner's own dataset).
     `skip_degenerate`: drop zero-size boxes (the canvas sends one on every mouse-down)."""
-    ds = svc.dataset(name)
+    ds = svc.dataset(name, who, write=True)
     out = []
     for i, d in enumerate(items, 1):
         if not isinstance(d, dict):
@@ -249,10 +253,9 @@ def build_ui(studio: Any) -> None:
 
 # ----- Label ------------------------------------------------------------------------------------
 def _label_tab(svc: YoloService, image_annotator: Any) -> None:
-    from studio.ui.widgets import fill_on_load
-
     with gr.Row():
-        dataset = gr.Dropdown(label="Dataset", choices=svc.store.names(), value=None, scale=3,
+        dataset = gr.Dropdown(label="Dataset", choices=svc.dataset_names(None), value=None,
+                              scale=3,
                               allow_custom_value=True)
         new_name = gr.Textbox(label="New dataset name", placeholder="e.g. parcels", scale=2)
         create = gr.Button("Create", scale=1)
@@ -287,7 +290,7 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
     with gr.Row():
         background = gr.Button("Mark: no objects")
         clear = gr.Button("Mark unlabelled")
-        pre_model = gr.Dropdown(label="Pre-label with model", choices=svc.model_choices(),
+        pre_model = gr.Dropdown(label="Pre-label with model", choices=svc.model_choices(None),
                                 scale=2, allow_custom_value=True)
         pre_conf = gr.Slider(0.05, 0.95, value=0.25, step=0.05, label="Confidence")
         pre_btn = gr.Button("Pre-label")
@@ -306,71 +309,83 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
     api_in = gr.Textbox(visible=False)
     pending = gr.State(None)  # (dataset, image) while pre-label proposals await Accept
     fresh = gr.State(None)  # the box just drawn (see assign_new_boxes)
-    fill_on_load(dataset, svc.store.names)
-    fill_on_load(pre_model, svc.model_choices)
+    owner = owner_state()  # the last input of every handler: datasets are per owner
+    fill_on_load(dataset, svc.dataset_names, owned=True)
+    fill_on_load(pre_model, svc.model_choices, owned=True)
 
-    def class_parts(name: str | None, cur: str | None = None):
-        cls = svc.dataset(name).classes if name else []
+    def class_parts(name: str | None, who: str | None, cur: str | None = None):
+        cls = svc.dataset(name, who).classes if name else []
         return "\n".join(cls), _class_picker_update(cls, cur), legend_html(cls)
 
     no_proposals = (None, gr.update(visible=False), gr.update(visible=False),
                     gr.update(visible=False))
 
     @_err
-    def create_dataset(name: str, class_text: str):
-        ds = svc.store.create((name or "").strip(), _classes_from_text(class_text))
-        return gr.update(choices=svc.store.names(), value=ds.name), ""
+    def create_dataset(name: str, class_text: str,
+                       secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
+        ds = svc.create_dataset((name or "").strip(), _classes_from_text(class_text), who)
+        return gr.update(choices=svc.dataset_names(who), value=ds.name), ""
 
     @_err
-    def make_starter():
-        ds, note = svc.starter_dataset()
-        return gr.update(choices=svc.store.names(), value=ds.name), gr.update(value=note,
+    def make_starter(secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
+        ds, note = svc.starter_dataset(who)
+        return gr.update(choices=svc.dataset_names(who), value=ds.name), gr.update(value=note,
                                                                               visible=True)
 
     @_err
-    def select_dataset(name: str | None, only: bool, cur: str | None):
+    def select_dataset(name: str | None, only: bool, cur: str | None,
+                       secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
         if not name:
             return ("", gr.update(choices=[], value=None), "No dataset selected.",
                     gr.update(choices=[], value=None), legend_html([]))
-        ds = svc.dataset(name)
+        ds = svc.dataset(name, who)
         names = ds.images(only_unlabelled=only)
-        text, picker, leg = class_parts(name, cur)
+        text, picker, leg = class_parts(name, who, cur)
         return (text, gr.update(choices=names, value=names[0] if names else None),
-                _counts_md(svc, name), picker, leg)
+                _counts_md(svc, name, who), picker, leg)
 
     @_err
     def set_classes(name: str, class_text: str, img: str | None = None,
-                    cur: str | None = None):
-        ds = svc.dataset(name)
+                    cur: str | None = None, secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
+        ds = svc.dataset(name, who, write=True)
         names = ds.set_classes(_classes_from_text(class_text))
-        text, picker, leg = class_parts(name, cur)
-        canvas = _annot_update(svc, name, img) if img else gr.skip()
+        text, picker, leg = class_parts(name, who, cur)
+        canvas = _annot_update(svc, name, img, who=who) if img else gr.skip()
         return (f"Saved classes: {', '.join(names) or '(none)'}. Boxes keep their classes.",
                 text, picker, leg, canvas)
 
     @_err
-    def add_files(name: str, files: list[Any] | None, only: bool, cur: str | None = None):
+    def add_files(name: str, files: list[Any] | None, only: bool, cur: str | None = None,
+                  secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
         if not files:
             raise gr.Error("Choose some files first.")
-        ds = svc.dataset(name)
+        ds = svc.dataset(name, who, write=True)
         rep = ds.add_files([Path(getattr(f, "name", f)) for f in files], svc.work_dir)
         names = ds.images(only_unlabelled=only)
-        text, picker, leg = class_parts(name, cur)
+        text, picker, leg = class_parts(name, who, cur)
         return (rep.summary(), text, gr.update(choices=names, value=names[0] if names else None),
-                _counts_md(svc, name), picker, leg)
+                _counts_md(svc, name, who), picker, leg)
 
     @_err
-    def show_image(name: str | None, img: str | None):
+    def show_image(name: str | None, img: str | None,
+                   secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
         if not name or not img:
-            return (gr.update(value=None), _counts_md(svc, name), *no_proposals)
-        return (_annot_update(svc, name, img), _counts_md(svc, name), *no_proposals)
+            return (gr.update(value=None), _counts_md(svc, name, who), *no_proposals)
+        return (_annot_update(svc, name, img, who=who), _counts_md(svc, name, who), *no_proposals)
 
     def step(delta: int):
         @_err
-        def go(name: str | None, img: str | None, only: bool):
+        def go(name: str | None, img: str | None, only: bool,
+               secret: str | None = None, request: gr.Request = None):
             if not name:
                 raise gr.Error("Pick a dataset first.")
-            names = svc.dataset(name).images(only_unlabelled=only)
+            names = svc.dataset(name, owner_of(secret, request)).images(only_unlabelled=only)
             if not names:
                 return gr.update(choices=[], value=None)
             i = names.index(img) + delta if img in names else 0
@@ -379,17 +394,19 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
 
     @_err
     def save_from_annotator(name: str | None, img: str | None, value: dict | None,
-                            cur: str | None, pend: Any, fresh_: Any):
+                            cur: str | None, pend: Any, fresh_: Any,
+secret: str | None = None, request: gr.Request = None):
         """Save what the canvas shows (new boxes get the picked class), unless it is what we
         just loaded (its change event also fires when we set the value) or pre-label proposals
         are waiting for Accept. Outputs: counts, canvas, classes text, picker, legend, fresh."""
+        who = owner_of(secret, request)
         skip = (gr.skip(),) * 6
         if not name or not img or not value or not value.get("image"):
             return skip
-        ds = svc.dataset(name)
+        ds = svc.dataset(name, who, write=True)
         before = ds.classes
         items = [d for d in (value.get("boxes") or []) if not _degenerate(d)]
-        boxes = _boxes_from_dicts(svc, name, items)
+        boxes = _boxes_from_dicts(svc, name, items, who=who)
         stored = ds.boxes(img)
         cur_i = before.index(cur) if cur in before else (0 if before else None)
         fr = None
@@ -399,28 +416,29 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
         boxes, fr = assign_new_boxes(items, boxes, stored or [], cur_i, fr, time.time())
         fresh_out = [[name, img], [fr[0].cls, fr[0].x1, fr[0].y1, fr[0].x2, fr[0].y2], fr[1]] \
             if fr else None
-        shown = _boxes_from_dicts(svc, name, items) if items else []
+        shown = _boxes_from_dicts(svc, name, items, who=who) if items else []
         canvas = gr.skip() if _same(shown, boxes) and ds.classes == before \
-            else _annot_update(svc, name, img, boxes)
+            else _annot_update(svc, name, img, boxes, who=who)
         after = ds.classes
-        cls_out = class_parts(name, cur) if after != before else (gr.skip(),) * 3
+        cls_out = class_parts(name, who, cur) if after != before else (gr.skip(),) * 3
         if pend and tuple(pend) == (name, img):  # proposals on screen: saved on Accept only
             return (gr.skip(), canvas, *cls_out, fresh_out)
         if (stored is None and not boxes) or _same(stored, boxes):
             return (gr.skip(), canvas, *cls_out, fresh_out)
         ds.set_boxes(img, boxes)
-        return (_counts_md(svc, name), canvas, *cls_out, fresh_out)
+        return (_counts_md(svc, name, who), canvas, *cls_out, fresh_out)
 
     @_err
-    def mark(name: str, img: str, background_: bool):
-        ds = svc.dataset(name)
+    def mark(name: str, img: str, background_: bool, who: str | None):
+        ds = svc.dataset(name, who, write=True)
         if not img:
             raise gr.Error("Pick an image first.")
         ds.set_boxes(img, []) if background_ else ds.clear_labels(img)
-        return (_annot_update(svc, name, img), _counts_md(svc, name), *no_proposals)
+        return (_annot_update(svc, name, img, who=who), _counts_md(svc, name, who), *no_proposals)
 
     @_err
-    def do_prelabel(name: str, img: str, model_path: str | None, conf: float):
+    def do_prelabel(name: str, img: str, model_path: str | None, conf: float,
+                    secret: str | None = None, request: gr.Request = None):
         """Model suggestions as proposals next to the user's boxes: nothing is saved until
         Accept, and no box of the user's is ever removed."""
         if not name or not img:
@@ -429,8 +447,9 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
         if not model_path:
             gr.Warning("Pre-label needs a model: train one (Train tab), then pick it here.")
             return (gr.skip(),) * 5
-        ds = svc.dataset(name)
-        key = svc.model_key(model_path)
+        who = owner_of(secret, request)
+        ds = svc.dataset(name, who)
+        key = svc.model_key(model_path, owner=who)
         from PIL import Image
 
         rgb = Image.open(ds.image_path(img)).convert("RGB")
@@ -450,117 +469,133 @@ def _label_tab(svc: YoloService, image_annotator: Any) -> None:
         msg = (f"**{len(new)} proposed box(es)** added to your {len(mine)} (nothing saved yet): "
                "fix or delete them on the canvas, then **Accept**; **Discard** restores your "
                "boxes.")
-        return (_annot_update(svc, name, img, mine + new), [name, img],
+        return (_annot_update(svc, name, img, mine + new, who=who), [name, img],
                 gr.update(value=msg, visible=True), gr.update(visible=True),
                 gr.update(visible=True))
 
     @_err
-    def accept_proposals(name: str, img: str, value: dict | None, pend: Any):
+    def accept_proposals(name: str, img: str, value: dict | None, pend: Any,
+                         secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
         if not pend or tuple(pend) != (name, img) or not value:
             gr.Info("No proposals to accept on this image.")
             return (gr.skip(), gr.skip(), *no_proposals)
-        ds = svc.dataset(name)
+        ds = svc.dataset(name, who, write=True)
         items = [d for d in (value.get("boxes") or []) if not _degenerate(d)]
-        n = ds.set_boxes(img, _boxes_from_dicts(svc, name, items))
+        n = ds.set_boxes(img, _boxes_from_dicts(svc, name, items, who=who))
         gr.Info(f"Saved {n} box(es).")
-        return (_annot_update(svc, name, img), _counts_md(svc, name), *no_proposals)
+        return (_annot_update(svc, name, img, who=who), _counts_md(svc, name, who), *no_proposals)
 
     @_err
-    def discard_proposals(name: str, img: str):
-        return (_annot_update(svc, name, img) if name and img else gr.skip(),
-                _counts_md(svc, name), *no_proposals)
+    def discard_proposals(name: str, img: str,
+                          secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
+        return (_annot_update(svc, name, img, who=who) if name and img else gr.skip(),
+                _counts_md(svc, name, who), *no_proposals)
 
     @_err
-    def split(name: str, frac: float):
-        s = svc.dataset(name).split(float(frac))
+    def split(name: str, frac: float, secret: str | None = None, request: gr.Request = None):
+        s = svc.dataset(name, owner_of(secret, request), write=True).split(float(frac))
         return f"Split: {s['train']} train, {s['val']} val (labelled images)."
 
     @_err
-    def export_zip(name: str):
-        ds = svc.dataset(name)
+    def export_zip(name: str, secret: str | None = None, request: gr.Request = None):
+        ds = svc.dataset(name, owner_of(secret, request))
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(svc.studio.settings.exports_dir) / f"{ds.name}-yolo-{stamp}.zip"
         return str(ds.export_zip(out))
 
     # --- script API (JSON in and out) ---
     @_err
-    def api_images(name: str, only: bool):
-        ds = svc.dataset(name)
+    def api_images(name: str, only: bool, secret: str | None = None, request: gr.Request = None):
+        ds = svc.dataset(name, owner_of(secret, request))
         done, total = ds.counts()
         return {"images": ds.images(only_unlabelled=bool(only)), "labelled": done,
                 "total": total, "classes": ds.classes}
 
     @_err
-    def api_get_boxes(name: str, img: str):
-        ds = svc.dataset(name)
+    def api_get_boxes(name: str, img: str, secret: str | None = None, request: gr.Request = None):
+        ds = svc.dataset(name, owner_of(secret, request))
         boxes = ds.boxes(img)
         return {"image": img, "labelled": boxes is not None,
                 "boxes": [b.as_dict(ds.classes) for b in boxes or []]}
 
     @_err
-    def api_set_boxes(name: str, img: str, boxes_json: str):
+    def api_set_boxes(name: str, img: str, boxes_json: str,
+                      secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
         try:
             items = json.loads(boxes_json or "[]")
         except json.JSONDecodeError as e:
             raise gr.Error(f"boxes must be a JSON list: {e}") from None
         if not isinstance(items, list):
             raise gr.Error("boxes must be a JSON list of {xmin, ymin, xmax, ymax, label|cls}")
-        n = svc.dataset(name).set_boxes(img, _boxes_from_dicts(svc, name, items))
-        return api_get_boxes(name, img) | {"saved": n}
+        n = svc.dataset(name, who, write=True).set_boxes(
+            img, _boxes_from_dicts(svc, name, items, who=who))
+        return api_get_boxes(name, img, secret, request) | {"saved": n}
 
     proposal_outs = [pending, proposal_md, accept, discard]
-    create.click(create_dataset, [new_name, classes], [dataset, new_name],
+    create.click(create_dataset, [new_name, classes, owner], [dataset, new_name],
                  api_name="yolo_create_dataset")
-    starter.click(make_starter, None, [dataset, starter_md], api_name="yolo_starter_dataset")
+    starter.click(make_starter, [owner], [dataset, starter_md], api_name="yolo_starter_dataset")
     sel_outs = [classes, image, counts, current, legend]
-    dataset.change(select_dataset, [dataset, only_todo, current], sel_outs,
+    dataset.change(select_dataset, [dataset, only_todo, current, owner], sel_outs,
                    api_visibility="private")
-    only_todo.change(select_dataset, [dataset, only_todo, current], sel_outs,
+    only_todo.change(select_dataset, [dataset, only_todo, current, owner], sel_outs,
                      api_visibility="private")
-    save_classes.click(set_classes, [dataset, classes, image, current],
+    save_classes.click(set_classes, [dataset, classes, image, current, owner],
                        [classes_msg, classes, current, legend, annot],
                        api_name="yolo_set_classes")
-    add.click(add_files, [dataset, uploads, only_todo, current],
+    add.click(add_files, [dataset, uploads, only_todo, current, owner],
               [report, classes, image, counts, current, legend], api_name="yolo_add_files")
-    image.change(show_image, [dataset, image], [annot, counts, *proposal_outs],
+    image.change(show_image, [dataset, image, owner], [annot, counts, *proposal_outs],
                  api_visibility="private")
-    prev_btn.click(step(-1), [dataset, image, only_todo], [image], api_visibility="private")
-    next_btn.click(step(+1), [dataset, image, only_todo], [image], api_visibility="private")
-    annot.change(save_from_annotator, [dataset, image, annot, current, pending, fresh],
+    prev_btn.click(step(-1), [dataset, image, only_todo, owner], [image], api_visibility="private")
+    next_btn.click(step(+1), [dataset, image, only_todo, owner], [image], api_visibility="private")
+    annot.change(save_from_annotator, [dataset, image, annot, current, pending, fresh, owner],
                  [counts, annot, classes, current, legend, fresh],
                  api_visibility="private", show_progress="hidden")
-    background.click(lambda n, i: mark(n, i, True), [dataset, image],
+    def mark_background(n: str, i: str, secret: str | None = None, request: gr.Request = None):
+        return mark(n, i, True, owner_of(secret, request))
+
+    def mark_unlabelled(n: str, i: str, secret: str | None = None, request: gr.Request = None):
+        return mark(n, i, False, owner_of(secret, request))
+
+    def models_now(secret: str | None = None, request: gr.Request = None):
+        return gr.update(choices=svc.model_choices(owner_of(secret, request)))
+
+    background.click(mark_background, [dataset, image, owner],
                      [annot, counts, *proposal_outs], api_visibility="private")
-    clear.click(lambda n, i: mark(n, i, False), [dataset, image],
+    clear.click(mark_unlabelled, [dataset, image, owner],
                 [annot, counts, *proposal_outs], api_visibility="private")
-    pre_model.focus(lambda: gr.update(choices=svc.model_choices()), outputs=[pre_model],
-                    api_visibility="private", queue=False)
-    pre_btn.click(do_prelabel, [dataset, image, pre_model, pre_conf],
+    pre_model.focus(models_now, [owner], outputs=[pre_model], api_visibility="private",
+                    queue=False)
+    pre_btn.click(do_prelabel, [dataset, image, pre_model, pre_conf, owner],
                   [annot, *proposal_outs], api_name="yolo_prelabel", concurrency_id="gpu")
-    accept.click(accept_proposals, [dataset, image, annot, pending],
+    accept.click(accept_proposals, [dataset, image, annot, pending, owner],
                  [annot, counts, *proposal_outs], api_name="yolo_accept_proposals")
-    discard.click(discard_proposals, [dataset, image], [annot, counts, *proposal_outs],
+    discard.click(discard_proposals, [dataset, image, owner],
+                  [annot, counts, *proposal_outs],
                   api_name="yolo_discard_proposals")
-    split_btn.click(split, [dataset, val_frac], [split_md], api_name="yolo_split")
-    export_btn.click(export_zip, [dataset], [export_file], api_name="yolo_export_dataset")
+    split_btn.click(split, [dataset, val_frac, owner], [split_md], api_name="yolo_split")
+    export_btn.click(export_zip, [dataset, owner], [export_file], api_name="yolo_export_dataset")
     hidden = gr.Button(visible=False)
-    hidden.click(api_images, [dataset, only_todo], [api_boxes], api_name="yolo_images")
-    gr.Button(visible=False).click(api_get_boxes, [dataset, image], [api_boxes],
+    hidden.click(api_images, [dataset, only_todo, owner], [api_boxes], api_name="yolo_images")
+    gr.Button(visible=False).click(api_get_boxes, [dataset, image, owner], [api_boxes],
                                    api_name="yolo_get_boxes")
-    gr.Button(visible=False).click(api_set_boxes, [dataset, image, api_in], [api_boxes],
+    gr.Button(visible=False).click(api_set_boxes, [dataset, image, api_in, owner], [api_boxes],
                                    api_name="yolo_set_boxes")
 
 
 # ----- Train ------------------------------------------------------------------------------------
 def _train_tab(studio: Any, svc: YoloService, job_panel: Any) -> None:
     from studio.ui import views
-    from studio.ui.widgets import fill_on_load
 
     meta = {name: f.metadata for name, f in TrainConfig.__dataclass_fields__.items()}
     d = TrainConfig()
     default_model = studio.choices["yolo"].source if "yolo" in studio.choices else d.model
     with gr.Row():
-        dataset = gr.Dropdown(label="Dataset", choices=svc.store.names(), scale=2,
+        dataset = gr.Dropdown(label="Dataset", choices=svc.dataset_names(None), scale=2,
                               allow_custom_value=True)
         model = gr.Dropdown(label=meta["model"]["label"], info=meta["model"]["help"],
                             choices=MODEL_CHOICES, value=default_model, allow_custom_value=True,
@@ -597,54 +632,61 @@ def _train_tab(studio: Any, svc: YoloService, job_panel: Any) -> None:
         gallery = gr.Gallery(label="PR curve, confusion matrix, sample predictions", columns=3,
                              height=420)
 
+    owner = owner_state()
+
     @_err
-    def start_training(ds, model_, ep, sz, b, pat, sd, amp_, mos, flip, hsv_, trust_=False):
+    def start_training(ds, model_, ep, sz, b, pat, sd, amp_, mos, flip, hsv_, trust_=False,
+                       secret: str | None = None, request: gr.Request = None):
+        who = owner_of(secret, request)
         _c = TrainConfig.coerce  # a bad number names its field
         cfg = TrainConfig(model=(model_ or "").strip() or d.model, epochs=_c("epochs", ep),
                           imgsz=_c("imgsz", sz), batch=_c("batch", b or 0),
                           patience=_c("patience", pat), seed=_c("seed", sd), amp=bool(amp_),
                           mosaic=_c("mosaic", mos), fliplr=_c("fliplr", flip), hsv=bool(hsv_),
                           data="pending")
-        run_id = svc.start_training(ds, cfg, trust_model=bool(trust_))
-        return panel.select(run_id, studio)
+        run_id = svc.start_training(ds, cfg, trust_model=bool(trust_), owner=who)
+        return panel.select(run_id, studio, who)
 
     @_err
-    def results(run_id: str | None):
+    def results(run_id: str | None, secret: str | None = None, request: gr.Request = None):
         if not run_id:
             raise gr.Error("Pick a run above.")
-        headers, rows, images = svc.run_results(run_id)
+        headers, rows, images = svc.run_results(run_id, owner_of(secret, request))
         import pandas as pd
 
         return pd.DataFrame(rows, columns=headers) if headers else None, images
 
-    def accuracy(run_id: str | None):
+    def accuracy(run_id: str | None, secret: str | None = None, request: gr.Request = None):
         if not run_id:
             return None
         try:
-            v = studio.jobs.view(run_id)
+            v = studio.jobs.view(run_id, owner=owner_of(secret, request))
         except KeyError:
             return None
         return views.metrics_frame(v, ("mAP50", "mAP50_95"))
 
-    def fill_starter():
+    def fill_starter(secret: str | None = None, request: gr.Request = None):
         r = STARTER_RECIPE
-        return (gr.update(choices=svc.store.names(), value=STARTER_NAME)
-                if STARTER_NAME in svc.store.names() else gr.skip(),
-                r["model"], r["epochs"], r["imgsz"], r["batch"])
+        names = svc.dataset_names(owner_of(secret, request))
+        return (gr.update(choices=names, value=STARTER_NAME) if STARTER_NAME in names
+                else gr.skip(), r["model"], r["epochs"], r["imgsz"], r["batch"])
 
-    fill_on_load(dataset, svc.store.names)
-    starter_fill.click(fill_starter, None, [dataset, model, epochs, imgsz, batch],
+    def datasets_now(secret: str | None = None, request: gr.Request = None):
+        return gr.update(choices=svc.dataset_names(owner_of(secret, request)))
+
+    fill_on_load(dataset, svc.dataset_names, owned=True)
+    starter_fill.click(fill_starter, [owner], [dataset, model, epochs, imgsz, batch],
                        api_visibility="private")
-    panel.run_picker.change(accuracy, [panel.run_picker], [acc_plot], api_visibility="private",
-                            show_progress="hidden")
-    acc_timer.tick(accuracy, [panel.run_picker], [acc_plot], api_visibility="private",
+    panel.run_picker.change(accuracy, [panel.run_picker, owner], [acc_plot],
+                            api_visibility="private", show_progress="hidden")
+    acc_timer.tick(accuracy, [panel.run_picker, owner], [acc_plot], api_visibility="private",
                    show_progress="hidden", queue=False)
-    dataset.focus(lambda: gr.update(choices=svc.store.names()), outputs=[dataset],
-                  api_visibility="private", queue=False)
+    dataset.focus(datasets_now, [owner], outputs=[dataset], api_visibility="private",
+                  queue=False)
     start.click(start_training, [dataset, model, epochs, imgsz, batch, patience, seed, amp,
-                                 mosaic, fliplr, hsv, trust_model], [panel.run_picker],
+                                 mosaic, fliplr, hsv, trust_model, owner], [panel.run_picker],
                 api_name="yolo_train")
-    show.click(results, [panel.run_picker], [table, gallery], api_name="yolo_results")
+    show.click(results, [panel.run_picker, owner], [table, gallery], api_name="yolo_results")
 
 
 # ----- Export & benchmark -----------------------------------------------------------------------
@@ -661,34 +703,38 @@ def _export_tab(svc: YoloService) -> None:
     files = gr.File(label="Download: trained weights (.pt) and exports (.onnx)",
                     file_count="multiple", interactive=False)
 
-    def run_choices():
+    owner = owner_state()
+
+    def run_choices(who: str | None):
         # no status in the label: it would go stale in the dropdown (and only runs that have
-        # trained weights are listed, i.e. finished ones)
-        return [(v.title + f" · {v.id}", v.id) for v in svc.runs()
-                if any(a["kind"] == "model" for a in v.artifacts)]
+        # trained weights are listed, i.e. finished ones); the caller's own runs only (a
+        # shared one is read-only: its folder takes no exports)
+        return [(v.title + f" · {v.id}", v.id) for v in svc.runs(who)
+                if who and v.owner == who and any(a["kind"] == "model" for a in v.artifacts)]
 
     @_err
-    def export(run_id: str | None, progress=gr.Progress()):  # noqa: B008
+    def export(run_id: str | None, secret: str | None = None, request: gr.Request = None,
+               progress=gr.Progress()):  # noqa: B008
         if not run_id:
             raise gr.Error("Pick a finished run.")
-        rows, note = svc.export_and_benchmark(run_id, progress=progress)
+        rows, note = svc.export_and_benchmark(run_id, progress=progress,
+                                              owner=owner_of(secret, request))
         return table_rows(rows), "\n".join(f"- {n}" for n in note), [r.file for r in rows]
 
-    from studio.ui.widgets import fill_on_load
+    def runs_now(secret: str | None = None, request: gr.Request = None):
+        return gr.update(choices=run_choices(owner_of(secret, request)))
 
-    fill_on_load(run, run_choices)
-
-    run.focus(lambda: gr.update(choices=run_choices()), outputs=[run], api_visibility="private",
-              queue=False)
-    go.click(export, [run], [table, notes, files], api_name="yolo_export",
+    fill_on_load(run, run_choices, owned=True)
+    run.focus(runs_now, [owner], outputs=[run], api_visibility="private", queue=False)
+    go.click(export, [run, owner], [table, notes, files], api_name="yolo_export",
              concurrency_id="gpu")
 
 
 # ----- Detect -----------------------------------------------------------------------------------
 def _detect_tab(studio: Any, svc: YoloService) -> None:
     with gr.Row():
-        model = gr.Dropdown(label="Model (trained here)", choices=svc.model_choices(), scale=3,
-                            allow_custom_value=True)
+        model = gr.Dropdown(label="Model (trained here)", choices=svc.model_choices(None),
+                            scale=3, allow_custom_value=True)
         upload = gr.File(label="…or upload a model (.onnx, or .pt if you trust it)",
                          file_types=[".onnx", ".pt"], scale=2)
         trust = gr.Checkbox(label="I trust this file (a .pt is a pickle and can run code)",
@@ -722,42 +768,47 @@ def _detect_tab(studio: Any, svc: YoloService) -> None:
         vgo = gr.Button("Detect in video", variant="primary")
         vout = gr.Video(label="Annotated video")
 
-    def resolve(model_path: str | None, up: Any, trusted: bool) -> str:
+    owner = owner_state()
+
+    def resolve(model_path: str | None, up: Any, trusted: bool, who: str | None) -> str:
         if up is not None:
             path = Path(getattr(up, "name", up))
-            return svc.model_key(path, trust_pickle=bool(trusted))
+            return svc.model_key(path, trust_pickle=bool(trusted), owner=who)
         if not model_path:
             raise gr.Error("Pick a trained model or upload one.")
-        return svc.model_key(model_path)
+        return svc.model_key(model_path, owner=who)  # another session's weights: refused
 
     @_err
-    def run_image(image, model_path, up, trusted, c, i):
+    def run_image(image, model_path, up, trusted, c, i,
+                  secret: str | None = None, request: gr.Request = None):
         if image is None:
             raise gr.Error("Add an image (upload, webcam or paste).")
-        key = resolve(model_path, up, trusted)
+        key = resolve(model_path, up, trusted, owner_of(secret, request))
         with studio.models.use(key) as m:
             annotated, dets = detect_image(m, image, float(c), float(i), device=studio.device)
         return annotated, [d.row() for d in dets]
 
     @_err
-    def run_video(video, model_path, up, trusted, c, i, progress=gr.Progress()):  # noqa: B008
+    def run_video(video, model_path, up, trusted, c, i,
+                  secret: str | None = None, request: gr.Request = None,
+                  progress=gr.Progress()):  # noqa: B008
         if not video:
             raise gr.Error("Upload a video file.")
-        key = resolve(model_path, up, trusted)
+        key = resolve(model_path, up, trusted, owner_of(secret, request))
         out_path = Path(tempfile.mkdtemp(dir=svc.work_dir)) / "detections.mp4"
         with studio.models.use(key) as m:
             path, _ = detect_video(m, Path(video), out_path, float(c), float(i),
                                    device=studio.device, progress=progress)
         return str(path)
 
-    from studio.ui.widgets import fill_on_load
+    def models_now(secret: str | None = None, request: gr.Request = None):
+        return gr.update(choices=svc.model_choices(owner_of(secret, request)))
 
-    fill_on_load(model, svc.model_choices)
-    model.focus(lambda: gr.update(choices=svc.model_choices()), outputs=[model],
-                api_visibility="private", queue=False)
-    go.click(run_image, [inp, model, upload, trust, conf, iou], [out, rows],
+    fill_on_load(model, svc.model_choices, owned=True)
+    model.focus(models_now, [owner], outputs=[model], api_visibility="private", queue=False)
+    go.click(run_image, [inp, model, upload, trust, conf, iou, owner], [out, rows],
              api_name="yolo_detect", concurrency_id="gpu")
-    cam.stream(run_image, [cam, model, upload, trust, conf, iou], [cam_out, cam_rows],
+    cam.stream(run_image, [cam, model, upload, trust, conf, iou, owner], [cam_out, cam_rows],
                api_visibility="private", concurrency_id="gpu", stream_every=0.5)
-    vgo.click(run_video, [vin, model, upload, trust, conf, iou], [vout],
+    vgo.click(run_video, [vin, model, upload, trust, conf, iou, owner], [vout],
               api_name="yolo_detect_video", concurrency_id="gpu")

@@ -1,8 +1,6 @@
 """A test-only tab for the shared job panel: its job saves a folder (an adapter, as QLoRA's
 does), writes many log lines and can be cancelled and resumed."""
 
-from __future__ import annotations
-
 import json
 import time
 
@@ -44,16 +42,22 @@ def adapter_job(config, report):
 def build_ui(studio):
     import gradio as gr
 
-    from studio.ui.widgets import job_panel
+    from studio.sessions import owner_of
+    from studio.ui.widgets import job_panel, owner_state
 
     steps = gr.Number(value=6, label="steps", precision=0)
     sleep = gr.Number(value=0.05, label="sleep")
     start = gr.Button("Start")
     panel = job_panel(studio, kind=KIND)
 
-    def go(n, s):
+    # (no `from __future__ import annotations` here: `gr` is imported in this function, and
+    # Gradio must resolve the gr.Request annotation to fill it)
+    def go(n, s, secret, request: gr.Request):
+        owner = owner_of(secret, request)
         rid = studio.jobs.submit(KIND, "tests.app.paneltab:adapter_job",
-                                 {"steps": int(n), "sleep": float(s)}, title="Panel toy run")
-        return panel.select(rid, studio)
+                                 {"steps": int(n), "sleep": float(s)}, title="Panel toy run",
+                                 owner=owner)
+        return panel.select(rid, studio, owner)
 
-    start.click(go, inputs=[steps, sleep], outputs=[panel.run_picker], api_name="paneltoy_start")
+    start.click(go, inputs=[steps, sleep, owner_state()], outputs=[panel.run_picker],
+                api_name="paneltoy_start")

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from studio.models import LedgerRow, ModelSpec
+from studio.sessions import owner_of
 from studio.ui import views
 from tests.conftest import launch_studio, stop_studio
 
@@ -26,9 +28,11 @@ def toy_studio(tmp_path_factory):
 
 def test_a_queued_job_says_why_it_waits_and_the_queue_cancels_it(toy_studio):
     client, s, _ = toy_studio
+    mine = owner_of(None, SimpleNamespace(session_hash=client.session_hash))  # this script's
     first = s.jobs.submit("toy", "tests.jobs.toy:count", {"steps": 400, "sleep": 0.05},
-                          title="Toy A")
-    second = s.jobs.submit("toy", "tests.jobs.toy:count", {"steps": 3}, title="Toy B")
+                          title="Toy A", owner=mine)
+    second = s.jobs.submit("toy", "tests.jobs.toy:count", {"steps": 3}, title="Toy B",
+                           owner=mine)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and s.jobs.view(first).status != "running":
         time.sleep(0.1)

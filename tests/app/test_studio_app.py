@@ -3,19 +3,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from studio.models import ModelSpec
-from tests.conftest import free_port, launch_studio, stop_studio
-
-ROOT = Path(__file__).resolve().parents[2]
+from studio.sessions import owner_of
+from tests.conftest import free_port, launch_py, launch_studio, stop_studio
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +73,8 @@ def test_resume_of_finished_run_is_a_clear_error(toy_studio):
     from gradio_client.exceptions import AppError
 
     client, s = toy_studio
-    rid = s.jobs.submit("toy", "tests.jobs.toy:count", {"steps": 1, "sleep": 0.01})
+    mine = owner_of(None, SimpleNamespace(session_hash=client.session_hash))  # the script's
+    rid = s.jobs.submit("toy", "tests.jobs.toy:count", {"steps": 1, "sleep": 0.01}, owner=mine)
     s.jobs.wait(rid, 30)
     with pytest.raises(AppError, match="only a cancelled, failed or interrupted run"):
         client.predict(rid, api_name="/toy_resume")
@@ -90,22 +87,8 @@ def test_share_without_internet_generates_password_and_keeps_serving(tmp_path):
     from gradio_client import Client
 
     port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "launch.py", "--share", "--port", str(port), "--home",
-         str(tmp_path / "home"), "--profile", "small", "--offline"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    out = []
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            out.append(line)
-            if "is running at" in line:
-                break
-        text = "".join(out)
+    with launch_py("--share", "--port", str(port), "--home", str(tmp_path / "home"),
+                   "--profile", "small", "--offline", until="is running at") as text:
         # --offline: the share service (on the internet) is not even tried
         assert "--offline: no public link is opened" in text, text
         password = re.search(r"password: (\S+)", text).group(1)
@@ -116,9 +99,3 @@ def test_share_without_internet_generates_password_and_keeps_serving(tmp_path):
             Client(url, auth=("studio", "wrong"), verbose=False)
         client = Client(url, auth=("studio", password), verbose=False)
         assert "CPU only" in client.predict(api_name="/studio_status")["device"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -5,29 +5,22 @@ Screenshots go to tests/artifacts/ (or $STUDIO_ARTIFACTS)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
-from tests.browser.test_browser import ARTIFACTS, CHROMIUM, FLAGS
-from tests.conftest import launch_studio, stop_studio
+from tests.browser.chromium import (
+    ARTIFACTS,
+    TOAST_SPY,
+    needs_chromium,
+    running_studio,
+    studio_page,
+)
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, needs_chromium]
 
 SIZE = 256  # image pixels; shown 1:1 on the canvas (narrower than the page)
-
-# Every toast the page shows, kept even after it fades (type + text).
-TOAST_SPY = """
-window.__toasts = [];
-new MutationObserver((muts) => {
-  for (const m of muts) for (const n of m.addedNodes) {
-    if (!(n instanceof HTMLElement)) continue;
-    const bodies = n.matches('[data-testid=toast-body]') ? [n]
-                 : [...n.querySelectorAll('[data-testid=toast-body]')];
-    for (const b of bodies) window.__toasts.push([b.className, b.innerText]);
-  }
-}).observe(document, {childList: true, subtree: true});
-"""
 
 
 def _images(tmp_path, n, seed=0):
@@ -41,6 +34,24 @@ def _images(tmp_path, n, seed=0):
         img.save(p)
         out.append((p, boxes))
     return out
+
+
+def _page_dataset(s, name):
+    """The dataset `name` the page made: its browser's own (each owner has its own store)."""
+    from tabs.yolo.dataset import Dataset
+    from tabs.yolo.service import get_service
+
+    found = list((get_service(s).home / "owned").glob(f"*/{name}/dataset.json"))
+    assert len(found) == 1, found
+    return Dataset(found[0].parent)
+
+
+def _create_dataset(page, name):
+    """Make a circle/square dataset with the Label page's own Create button."""
+    page.get_by_label("New dataset name").fill(name)
+    page.get_by_label("Classes (one per line", exact=False).fill("circle\nsquare")
+    page.get_by_role("button", name="Create", exact=True).click()
+    page.get_by_text("No classes yet").wait_for(state="detached", timeout=15_000)
 
 
 def _error_toasts(page):
@@ -81,37 +92,23 @@ def _iou(a, b):
     return inter / ((a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter)
 
 
-def _open(p, url):
-    browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-    page = browser.new_page(viewport={"width": 1400, "height": 1400})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.add_init_script(TOAST_SPY)
-    page.goto(url, wait_until="load", timeout=60_000)
-    page.get_by_text("OneGPU Studio").first.wait_for(timeout=30_000)
-    tab = page.get_by_role("tab", name="YOLO")
-    if tab.count():
-        tab.first.click()
-    page.wait_for_timeout(2500)  # the page-load fills (selectors after a reload) land first
-    return browser, page, errors
+@contextmanager
+def _open(url):
+    """The YOLO tab's page with the toast spy; yields (page, errors)."""
+    with studio_page(url, height=1400, init_script=TOAST_SPY) as (_browser, page, errors):
+        page.get_by_text("OneGPU Studio").first.wait_for(timeout=30_000)
+        tab = page.get_by_role("tab", name="YOLO")
+        if tab.count():
+            tab.first.click()
+        page.wait_for_timeout(2500)  # the page-load fills (selectors after a reload) land first
+        yield page, errors
 
 
 def test_label_three_images_with_the_mouse_train_and_detect_an_upload(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    from tabs.yolo.service import get_service
-
     shots = _images(tmp_path, 4)
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.yolo"])
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    svc = get_service(s)
-    try:
-        with sync_playwright() as p:
-            browser, page, errors = _open(p, url)
-            page.get_by_label("New dataset name").fill("walk")
-            page.get_by_label("Classes (one per line", exact=False).fill("circle\nsquare")
-            page.get_by_role("button", name="Create", exact=True).click()
-            page.get_by_text("No classes yet").wait_for(state="detached", timeout=15_000)
+    with running_studio(tmp_path / "home", tab_modules=["tabs.yolo"]) as (s, url):
+        with _open(url) as (page, errors):
+            _create_dataset(page, "walk")
             page.get_by_text("Add images or import a dataset").click()
             page.locator("#yolo-uploads input[type=file]").set_input_files([str(f) for f, _ in
                                                                     shots[:3]])
@@ -119,7 +116,7 @@ def test_label_three_images_with_the_mouse_train_and_detect_an_upload(tmp_path):
             page.get_by_role("button", name="Add to dataset").click()
             page.get_by_text("0 of 3 labelled").wait_for(timeout=30_000)
             page.locator('[aria-label="Create box"]').first.click()  # the canvas' draw mode
-            ds = svc.dataset("walk")
+            ds = _page_dataset(s, "walk")
             for i, (_path, boxes) in enumerate(shots[:3]):
                 name = ds.images()[i]
                 page.wait_for_timeout(1000)  # the image loads into the canvas
@@ -161,27 +158,21 @@ def test_label_three_images_with_the_mouse_train_and_detect_an_upload(tmp_path):
             page.screenshot(path=str(ARTIFACTS / "yolo-detect.png"), full_page=True)
             assert page.get_by_text("Add an image").count() == 0
             toasts = _error_toasts(page)
-            browser.close()
-    finally:
-        stop_studio(s, app)
     assert not errors, errors
     assert not toasts, toasts  # no "box has no area" on mouse-down, nor any other error
 
 
 def test_label_page_after_a_reload_and_its_small_things(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    from tabs.yolo.service import get_service
-
     shots = _images(tmp_path, 2, seed=3)
-    s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.yolo"])
-    ds = get_service(s).store.create("kept", ["circle", "square"])
-    for f, _ in shots:
-        ds.add_image(f)
-    first, second = ds.images()
-    try:
-        with sync_playwright() as p:
-            browser, page, errors = _open(p, url)
+    with running_studio(tmp_path / "home", tab_modules=["tabs.yolo"]) as (s, url):
+        with _open(url) as (page, errors):
+            # the page's own dataset (a shared one is read-only in the pages), its images
+            # added behind the page's back
+            _create_dataset(page, "kept")
+            ds = _page_dataset(s, "kept")
+            for f, _ in shots:
+                ds.add_image(f)
+            first, second = ds.images()
             page.reload(wait_until="load")
             page.get_by_text("OneGPU Studio").first.wait_for(timeout=30_000)
             if page.get_by_role("tab", name="YOLO").count():
@@ -239,9 +230,6 @@ def test_label_page_after_a_reload_and_its_small_things(tmp_path):
             assert page.locator("#yolo-class input[type=radio]").count() == 4
             page.screenshot(path=str(ARTIFACTS / "yolo-label-page.png"), full_page=True)
             toasts = _error_toasts(page)
-            browser.close()
-    finally:
-        stop_studio(s, app)
     assert not errors, errors
     assert not toasts, toasts
     assert ds.classes == ["circle", "square", "cat", "triangle"]

@@ -12,11 +12,12 @@ from tabs.tinygpt import compare, service
 from tabs.tinygpt.config import TinyGPTConfig
 
 
-def _fake_run(studio, rid, status, losses):
+def _fake_run(studio, rid, status, losses, owner=None):
     d = studio.jobs.runs_dir / rid
     d.mkdir(parents=True)
     (d / "run.json").write_text(json.dumps({"id": rid, "kind": "tinygpt", "status": status,
-                                            "created": time.time(), "title": f"GPT {rid}"}))
+                                            "created": time.time(), "title": f"GPT {rid}",
+                                            "owner": owner}))
     with open(d / "events.jsonl", "w") as f:
         for step, loss in enumerate(losses, 1):
             f.write(json.dumps({"t": time.time(), "type": "metrics", "step": step * 10,
@@ -50,14 +51,17 @@ def test_preview_shows_how_the_tokenizer_cuts_a_sample(studio):
 def test_delete_runs_through_the_app(tmp_path):
     from gradio_client import Client
 
+    from tests.app.owners import client_owner
     from tests.conftest import launch_studio, stop_studio
 
     s, app, url = launch_studio(tmp_path / "home", tab_modules=["tabs.tinygpt"])
     try:
         client = Client(url, verbose=False)
-        done = _fake_run(s, "run-cccccc", "succeeded", [3.0, 2.0])
+        me = client_owner(client)  # a script's runs are its session's
+        done = _fake_run(s, "run-cccccc", "succeeded", [3.0, 2.0], owner=me)
+        shared = _fake_run(s, "run-dddddd", "succeeded", [3.0, 2.0])  # made outside the pages
         running = s.jobs.submit("tinygpt", "tests.jobs.toy:count", {"steps": 600,
-                                                                   "sleep": 0.05})
+                                                                   "sleep": 0.05}, owner=me)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and s.jobs.view(running).status != "running":
             time.sleep(0.1)
@@ -68,6 +72,9 @@ def test_delete_runs_through_the_app(tmp_path):
         with pytest.raises(Exception, match="cancel it before deleting"):
             client.predict(running, "val_loss", api_name="/tinygpt_delete")
         assert s.jobs.run_dir(running).exists()
+        with pytest.raises(Exception, match="read-only"):
+            client.predict("run-dddddd", "val_loss", api_name="/tinygpt_delete")
+        assert shared.exists(), "a shared run is deleted by no page"
         s.jobs.cancel(running)
         s.jobs.wait(running, timeout=60)
     finally:
