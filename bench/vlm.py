@@ -200,14 +200,15 @@ def run_plain(folder: Path, img, new_tokens: int, device: str) -> dict:
     return res
 
 
-def run_ours(studio, folder: Path, img, new_tokens: int, device: str, max_pixels=None) -> dict:
+def run_ours(studio, folder: Path, img, new_tokens: int, device: str, max_pixels=None,
+             quant: str = "nf4") -> dict:
     """The Vision tab's engine: load through the model manager, vision encoder + projector once
     at prefill, then the static-cache / CUDA-graph decode loop (EOS ignored, as for plain)."""
     from studio.llm.base import GenerationSettings
     from studio.llm.engine import Sampler
     from tabs.vlm.engine import VLMEngine, VLMSource, embed_prompt, process
 
-    engine = VLMEngine(studio, VLMSource(str(folder), "nf4" if device == "cuda" else "fp32",
+    engine = VLMEngine(studio, VLMSource(str(folder), quant if device == "cuda" else "fp32",
                                          max_pixels=max_pixels))
     t0 = time.perf_counter()
     res: dict = {}
@@ -249,8 +250,11 @@ def run_ours(studio, folder: Path, img, new_tokens: int, device: str, max_pixels
     res["stream_chat"] = {"ttft_s": done.stats.ttft_s, "new_tokens": done.stats.new_tokens,
                           "decode_tokens_per_s": done.stats.decode_tokens_per_s,
                           "peak_vram_gib": peak(device)}
-    res["route"] = ("VLMEngine: NF4 language model, vision tower + projector bf16, run once at "
-                    "prefill; static KV cache, own decode loop, " + res["decode_path"])
+    fmt = {"nf4": "NF4 language model, vision tower + projector bf16",
+           "int4": "int4 (tinygemm, studio.llm.int4) language model, vision tower + projector"
+                   " int4 where tinygemm takes the shape"}.get(quant, quant)
+    res["route"] = (f"VLMEngine: {fmt}, run once at prefill; static KV cache, own decode loop, "
+                    + res["decode_path"])
     studio.models.evict_all()
     free(device)
     return res
@@ -392,6 +396,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--qlora-steps", type=int, default=4)
     p.add_argument("--only", default="llava,qwen,qlora")
     p.add_argument("--tiny", action="store_true", help="CPU smoke run on tiny models")
+    p.add_argument("--quant", default="nf4",
+                   help="the engine's formats to measure, e.g. nf4,int4 (nf4 is 'ours')")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
     if device == "cpu" and not a.tiny:
@@ -462,19 +468,21 @@ def main(argv: list[str] | None = None) -> dict:
                 res["errors"][f"{title} plain"] = traceback.format_exc(limit=5)
             free(device)
             save()
-            try:
-                ours = run_ours(studio, tmp / fam, img, a.new_tokens, device, cap)
-                base = entry.get("plain_generate")
-                if base:
-                    ours["speedup_vs_plain"] = (ours["decode_tokens_per_s"]
-                                                / base["decode_tokens_per_s"])
-                    ours["greedy_tokens_equal_to_plain"] = equal_prefix(ours["_tokens"],
-                                                                        base["_tokens"])
-                entry["ours"] = ours
-            except Exception:
-                res["errors"][f"{title} ours"] = traceback.format_exc(limit=5)
-            free(device)
-            save()
+            for quant in a.quant.split(","):
+                name = "ours" if quant == "nf4" else f"ours_{quant}"
+                try:
+                    ours = run_ours(studio, tmp / fam, img, a.new_tokens, device, cap, quant)
+                    base = entry.get("plain_generate")
+                    if base:
+                        ours["speedup_vs_plain"] = (ours["decode_tokens_per_s"]
+                                                    / base["decode_tokens_per_s"])
+                        ours["greedy_tokens_equal_to_plain"] = equal_prefix(ours["_tokens"],
+                                                                            base["_tokens"])
+                    entry[name] = ours
+                except Exception:
+                    res["errors"][f"{title} {name}"] = traceback.format_exc(limit=5)
+                free(device)
+                save()
             if fam != "llava":
                 shutil.rmtree(tmp / fam, ignore_errors=True)
         if "qlora" in only and (tmp / "llava").is_dir():  # last: the decode numbers come first

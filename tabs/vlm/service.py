@@ -27,7 +27,9 @@ from tabs.vlm.images import ImageRefused, load_image
 
 KIND = "vlm"
 STOP = "vlm"  # this tab's name in studio.stops
-QUANTIZATIONS = ["auto", "nf4", "bf16", "fp16", "fp32"]
+# int4: the chat engine's route for the language model (bench/results/vlm_int4.json: 316 tok/s
+# vs NF4 207 on the H200); "auto" stays NF4 until the picture side's quality under int4 is measured
+QUANTIZATIONS = ["auto", "nf4", "int4", "bf16", "fp16", "fp32"]
 MAX_PICTURES = 4  # per conversation: each costs hundreds to thousands of prompt tokens
 # (label, hub id): what a 12 GB card runs in 4-bit; any local folder or other hub id works too
 CATALOGUE = [
