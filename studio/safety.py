@@ -255,9 +255,31 @@ def path_under(root: str | Path, user_path: str | Path, *, label: str = "Folder"
     p = (p if p.is_absolute() else root_r / p).resolve()
     if not p.is_relative_to(root_r):
         raise ValueError(f"{label}: {text[:200]} is outside the studio home ({root_r}); "
-                         "use a folder inside it")
+                         "it must be inside the studio home")
     if must_exist and not p.exists():
         raise ValueError(f"{label}: {p} does not exist")
+    return p
+
+
+# The studio's own data under its home: every session's runs, uploads, indexes, exports, saved
+# chats, downloaded models and secrets. A folder a person types in (to index, as a corpus, as
+# class images) may be any other folder of the home, never these: on a shared link they hold
+# other people's work and the studio's token and keys.
+STUDIO_DATA = frozenset({"runs", "uploads", "indexes", "exports", "cache", "chats", "models",
+                         "secrets"})
+
+
+def user_folder(home: str | Path, user_path: str | Path, *, label: str = "Folder") -> Path:
+    """`path_under(home, ...)` for a folder of the person's own files: an existing folder inside
+    the home, not the home itself, not inside the studio's own data (`STUDIO_DATA`, hidden
+    names, the files at the home's top level)."""
+    p = path_under(home, user_path, label=label, must_exist=True)
+    if not p.is_dir():
+        raise ValueError(f"{label}: {p} is not a folder")
+    rel = p.relative_to(Path(home).resolve()).parts
+    if not rel or rel[0] in STUDIO_DATA or rel[0].startswith("."):
+        raise ValueError(f"{label}: {p} holds the studio's own data; put your files in a folder "
+                         f"of their own inside {Path(home).resolve()} (e.g. notes/)")
     return p
 
 

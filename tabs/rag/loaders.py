@@ -162,15 +162,11 @@ def files_from_paths(paths: list[Path], limits: IngestLimits) -> Iterator[RawFil
 
 
 def resolve_folder(folder: str | Path, home: Path) -> Path:
-    """A folder to index must lie inside the studio home (the app serves nothing else)."""
-    home = Path(home).resolve()
-    raw = Path(str(folder).strip()).expanduser()
-    p = (raw if raw.is_absolute() else home / raw).resolve()
-    if p != home and home not in p.parents:
-        raise ValueError(f"the folder must be inside the studio home ({home}); got {p}")
-    if not p.is_dir():
-        raise ValueError(f"no such folder: {p}")
-    return p
+    """A folder to index: one of the person's own inside the studio home (the app serves
+    nothing else, and never the studio's own data: `studio.safety.user_folder`)."""
+    from studio.safety import user_folder
+
+    return user_folder(home, folder, label="Folder")
 
 
 def files_from_folder(folder: Path, limits: IngestLimits) -> Iterator[RawFile | Skipped]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.jobs import ALL
-from studio.safety import extract_budget, path_under
+from studio.safety import extract_budget, path_under, user_folder
 from tabs.sd import lora_io, single_file
 from tabs.sd.config import SDTrainConfig, TrainEstimate, estimate_training, steps_for_epochs
 from tabs.sd.dataset import PreparedDataset, load_dataset, prepare_dataset, update_captions
@@ -125,8 +125,8 @@ def submit_training(studio: Any, cfg: SDTrainConfig, owner: Any = ALL) -> str:
         single_file.resolve_config(cfg.base_model, cfg.single_file_config)
     ds = load_dataset(folder)
     if cfg.class_images_dir:
-        cfg.class_images_dir = str(path_under(studio.settings.home, cfg.class_images_dir,
-                                              label="Your own class images", must_exist=True))
+        cfg.class_images_dir = str(user_folder(studio.settings.home, cfg.class_images_dir,
+                                               label="Your own class images"))
     cfg.dataset_hash = ds.hash
     if cfg.epochs > 0:
         cfg.max_steps = steps_for_epochs(cfg.epochs, len(ds.items), cfg.batch_size,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from studio.safety import path_under
+from studio.safety import user_folder
 
 MAX_FILE_BYTES = 20 * 1024 * 1024  # one file bigger than this is skipped, not half-read
 DOC_SEPARATOR = "\n\n"
@@ -112,7 +112,7 @@ def stdlib_corpus(max_chars: int = 2_000_000) -> Corpus:
 def resolve_under(path: str | Path, home: Path) -> Path:
     """A user-given folder, refused unless it lies inside the studio home (the app may be shared
     with others, who must not read arbitrary files of the host)."""
-    return path_under(home, path, label="Corpus folder", must_exist=True)
+    return user_folder(home, path, label="Corpus folder")
 
 
 def folder_corpus(folder: Path, max_chars: int = 2_000_000) -> Corpus:

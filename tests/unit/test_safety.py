@@ -524,3 +524,25 @@ def test_qlora_validate_refuses_a_30mb_single_line_quickly(tmp_path):
     deep.write_text('{"instruction": "q", "output": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
     ds = data.load_records(deep)
     assert len(ds.conversations) == 1 and "nested too deeply" in str(ds.problems[0])
+
+
+def test_a_typed_folder_is_never_the_studios_own_data(tmp_path):
+    """RAG folder ingest, the Tiny GPT corpus folder and SD class images take a folder inside the
+    home: never the home itself or its runs/chats/secrets (on a shared link: everyone's work)."""
+    from studio.safety import STUDIO_DATA, user_folder
+
+    home = tmp_path / "home"
+    for name in (*STUDIO_DATA, ".hidden", "notes", "notes/sub"):
+        (home / name).mkdir(parents=True)
+    (home / "chats" / "abc").mkdir()
+    assert user_folder(home, "notes") == (home / "notes").resolve()
+    assert user_folder(home, str(home / "notes" / "sub")) == (home / "notes" / "sub").resolve()
+    for bad in (".", str(home), "chats", "chats/abc", "runs", "secrets", "models", ".hidden",
+                "notes/../runs"):
+        with pytest.raises(ValueError, match="studio's own data"):
+            user_folder(home, bad)
+    with pytest.raises(ValueError, match="outside the studio home"):
+        user_folder(home, "../elsewhere")
+    (home / "notes" / "f.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        user_folder(home, "notes/f.txt")

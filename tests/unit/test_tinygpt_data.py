@@ -46,11 +46,11 @@ def test_upload_with_no_usable_text_is_refused_with_the_reason(tmp_path):
 
 def test_folder_must_be_inside_the_studio_home(tmp_path):
     home = tmp_path / "home"
-    kb = home / "indexes" / "kb"
+    kb = home / "notes" / "kb"  # a folder of the person's own (not the studio's data)
     kb.mkdir(parents=True)
     (kb / "notes.md").write_text("# Notes\nsome text\n")
     (kb / ".hidden").write_text("secret")
-    assert D.resolve_under("indexes/kb", home) == kb.resolve()
+    assert D.resolve_under("notes/kb", home) == kb.resolve()
     with pytest.raises(ValueError, match="outside the studio home"):
         D.resolve_under(tmp_path, home)
     with pytest.raises(ValueError, match="outside the studio home"):
